@@ -1,0 +1,22 @@
+"""Fixtures every test area shares. Real nats-server only: no in-memory broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorafleet.shared.nats_server import NatsServer
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A fresh JetStream nats-server on a free loopback port; stopped (by pid group) after the test."""
+    server = NatsServer(store_dir=tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server) -> str:
+    return nats_server.url
