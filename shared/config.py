@@ -1,0 +1,192 @@
+"""The training config (configs/*.yaml): one pydantic model, sections owned by the
+services that read them (data → ingest, enrich → enrich, lora/training/validation
+→ trainer, evaluation/gate → evaluator).
+
+Unknown keys and wrong types fail with the file, the field path and what was
+expected (`load_config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lorafleet.shared.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSection(_Section):
+    r: int = Field(32, ge=1, le=512)
+    lora_alpha: float = 64
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: list[str] | None = None
+
+
+class TrainingSection(_Section):
+    num_epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_epochs")
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_seq_length: int = Field(4096, ge=16)
+    gradient_checkpointing: bool = True
+    optim: str = "paged_adamw_8bit"
+    bf16: bool = True
+    packing: bool = True
+    packing_strategy: Literal["bfd", "wrapped"] = "bfd"
+    seed: int = 42
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(3, ge=1)
+    resume: bool = True
+    logging_steps: int = Field(10, ge=1)
+
+
+class SourceSection(_Section):
+    type: Literal["codecontests", "apps", "taco", "livecodebench", "humaneval", "lorafleet", "production", "synthetic"]
+    path: str | None = None
+    hub_name: str | None = None
+    split: str | None = None
+    limit: int | None = Field(None, ge=1)
+    role: Literal["train", "validation"] = "train"
+
+    @model_validator(mode="after")
+    def _has_location(self) -> "SourceSection":
+        if self.type != "synthetic" and not (self.path or self.hub_name):
+            raise ValueError(f"source {self.type!r} needs `path` (local file/dir) or `hub_name`")
+        return self
+
+
+class VerifySection(_Section):
+    enabled: bool = True
+    max_tests_per_problem: int = Field(20, ge=1)
+    time_budget_s: float = Field(30.0, gt=0)
+
+
+class DedupSection(_Section):
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=16)
+
+
+class DataSection(_Section):
+    train_file: str | None = None
+    eval_file: str | None = None
+    sources: list[SourceSection] = Field(default_factory=list)
+    domains: list[Literal["python", "math", "algorithms", "data_structures"]] = Field(default_factory=lambda: ["python"])
+    min_examples: int = Field(100, ge=0)
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 42
+    max_solutions_per_problem: int = Field(4, ge=1)
+    verify: VerifySection = Field(default_factory=VerifySection)
+    dedup: DedupSection = Field(default_factory=DedupSection)
+    decontaminate: bool = True
+    validation_cutoff: str | None = Field(None, description="ISO date: LiveCodeBench problems after it only")
+
+
+class ValidationSection(_Section):
+    eval_steps: int = Field(100, ge=1)
+    metric: Literal["pass_at_1", "eval_loss"] = "pass_at_1"
+    early_stopping_patience: int = Field(3, ge=0)
+    pass_at_1_problems: int = Field(20, ge=1, description="size of the generation-based eval subset")
+    max_new_tokens: int = Field(512, ge=1)
+
+
+class EnrichSection(_Section):
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL; None = pass through (skipped)")
+    model: str | None = None
+    api_key_env: str = "LORAFLEET_ENRICH_API_KEY"
+    concurrency: int = Field(16, ge=1)
+    temperature: float = 0.3
+    max_tokens: int = 1024
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    allow_fallback: bool = False
+
+
+class EvaluationSection(_Section):
+    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    endpoint: str | None = None
+    n: int = Field(10, ge=1)
+    k: list[int] = Field(default_factory=lambda: [1, 5])
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = Field(512, ge=1)
+    greedy: bool = True
+    seed: int = 0
+    shard_size: int = Field(16, ge=1)
+    max_problems: int | None = None
+
+    @model_validator(mode="after")
+    def _n_covers_k(self) -> "EvaluationSection":
+        if self.k and self.n < max(self.k):
+            raise ValueError(f"n={self.n} must be >= the largest k={max(self.k)} (unbiased pass@k needs n >= k)")
+        return self
+
+
+class GateSection(_Section):
+    min_pass_at_1: float = 0.35
+    min_delta_pass_at_1: float = 0.05
+    max_latency_increase: float = 0.10
+    max_error_rate: float = 0.05
+
+
+class TrainConfig(_Section):
+    adapter_name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    base_model: str
+    serve_base_model: str | None = Field(None, description="what vLLM serves (e.g. the AWQ checkpoint)")
+    quantization: Literal["nf4", "none"] = "nf4"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    data: DataSection = Field(default_factory=DataSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    enrich: EnrichSection = Field(default_factory=EnrichSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    gate: GateSection = Field(default_factory=GateSection)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown field `{where}` (check the spelling; allowed fields are in configs/python_lora.yaml)"
+    return f"field `{where}`: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_config(data: Any, origin: str = "<config>") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of config fields, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass a YAML file such as configs/tiny_python_lora.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))
