@@ -43,12 +43,18 @@ class TrainingSection(_Section):
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(4, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant",
+        "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay",
+    ] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_seq_length: int = Field(4096, ge=16)
     gradient_checkpointing: bool = True
-    optim: str = "paged_adamw_8bit"
+    optim: Literal[
+        "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "adamw_bnb_8bit", "adamw_torch",
+        "adamw_torch_fused", "adafactor", "sgd",
+    ] = Field("paged_adamw_8bit", description="8-bit/paged optimizers need CUDA; on CPU the trainer uses adamw_torch")
     bf16: bool = True
     packing: bool = True
     packing_strategy: Literal["bfd", "wrapped"] = "bfd"
@@ -106,18 +112,33 @@ class ValidationSection(_Section):
     early_stopping_patience: int = Field(3, ge=0)
     pass_at_1_problems: int = Field(20, ge=1, description="size of the generation-based eval subset")
     max_new_tokens: int = Field(512, ge=1)
+    pass_at_1_batch_size: int = Field(16, ge=1, description="prompts per generate() call during pass@1")
 
 
 class EnrichSection(_Section):
-    endpoint: str | None = Field(None, description="OpenAI-compatible base URL; None = pass through (skipped)")
-    model: str | None = None
-    api_key_env: str = "LORAFLEET_ENRICH_API_KEY"
-    concurrency: int = Field(16, ge=1)
-    temperature: float = 0.3
-    max_tokens: int = 1024
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    allow_fallback: bool = False
+    endpoint: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL (http://host:8000 or .../v1); None = $LORAFLEET_ENRICH_ENDPOINT, "
+        "and with neither the dataset passes through (stats: skipped)",
+    )
+    model: str | None = Field(None, description="model name the endpoint serves; None = $LORAFLEET_ENRICH_MODEL")
+    api_key_env: str = Field("LORAFLEET_ENRICH_API_KEY", description="name of the env variable holding the API key")
+    prompt: str | None = Field(
+        None, description="user prompt template with {statement} and {code}; None = the built-in REASONING_PROMPT"
+    )
+    concurrency: int = Field(16, ge=1, le=1024)
+    temperature: float = Field(0.3, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=1)
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    max_retries: int = Field(6, ge=0, description="per request, on 429 / 5xx / timeouts / dropped connections")
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    splits: list[Literal["train", "eval"]] = Field(default_factory=lambda: ["train", "eval"])
+    allow_fallback: bool = Field(False, description="failed examples get the fallback reasoning text instead of none")
+    max_failed_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="more failed examples than this fails the job (retriable; the cache keeps the rest)"
+    )
 
 
 class EvaluationSection(_Section):
@@ -132,19 +153,31 @@ class EvaluationSection(_Section):
     seed: int = 0
     shard_size: int = Field(16, ge=1)
     max_problems: int | None = None
+    problems: str | None = Field(None, description="problems JSONL when adapter.trained carries no eval_problems")
+    model: str | None = Field(None, description="openai backend: the base model's name on the server (default serve_base_model or base_model)")
+    api_key_env: str = "LORAFLEET_EVAL_API_KEY"
+    load_adapter: bool = Field(False, description="openai backend: POST /v1/load_lora_adapter before sampling (vLLM runtime loading)")
+    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight")
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    batch_size: int = Field(8, ge=1, description="transformers backend: prompts per generate() call")
+    bootstrap_resamples: int = Field(10_000, ge=100)
 
     @model_validator(mode="after")
     def _n_covers_k(self) -> "EvaluationSection":
-        if self.k and self.n < max(self.k):
+        if not self.k or min(self.k) < 1:
+            raise ValueError(f"k={self.k} must list values >= 1, e.g. [1, 5]")
+        if self.n < max(self.k):
             raise ValueError(f"n={self.n} must be >= the largest k={max(self.k)} (unbiased pass@k needs n >= k)")
         return self
 
 
 class GateSection(_Section):
-    min_pass_at_1: float = 0.35
-    min_delta_pass_at_1: float = 0.05
-    max_latency_increase: float = 0.10
-    max_error_rate: float = 0.05
+    min_pass_at_1: float = Field(0.35, ge=0.0, le=1.0, description="adapter pass@1 >= this")
+    min_delta_pass_at_1: float = Field(0.05, ge=-1.0, le=1.0, description="adapter - base pass@1 (absolute) >= this")
+    max_latency_increase: float = Field(0.10, gt=-1.0, description="relative latency increase over the base < this")
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of samples with no code / syntax / runtime error < this")
+    require_significant_delta: bool = Field(False, description="also require the 95% CI of delta pass@1 to exclude 0")
 
 
 class TrainConfig(_Section):

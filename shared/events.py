@@ -21,7 +21,9 @@ SCHEMA_VERSION = 1
 STREAM = "LORAFLEET"
 SUBJECT_PREFIX = "lorafleet.v1"
 DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"  # lorafleet.v1.dlq.<service>
-ROUTE_SUBJECT = f"{SUBJECT_PREFIX}.registry.route"  # core NATS request-reply, not in the stream
+# Core NATS request-reply; outside `lorafleet.v1.>` on purpose: the stream would store every
+# request and JetStream would answer it with a PubAck before the registry does.
+ROUTE_SUBJECT = "lorafleet.rpc.v1.registry.route"
 MAX_EVENT_BYTES = 1024 * 1024
 
 # uuid5 namespace for ids derived from other ids (stable across processes).

@@ -40,6 +40,15 @@ def find_binary() -> str:
     )
 
 
+def _pdeathsig() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +79,7 @@ class NatsServer:
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: list[str] = field(default_factory=list)
+    die_with_parent: bool = False  # SIGTERM the server if the process that started it dies (Linux)
     proc: subprocess.Popen | None = None
 
     @property
@@ -102,7 +112,10 @@ class NatsServer:
         log = self.store_dir / f"nats-server-{self.port}.log"
         with open(log, "ab") as fh:
             # Own process group: stopping it never touches anything we didn't start.
-            self.proc = subprocess.Popen(self.command(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_pdeathsig if self.die_with_parent else None,
+            )
         _wait_port(self.port, self.proc, timeout, log)
         return self
 
@@ -151,3 +164,50 @@ def start_cluster(base_dir: Path, size: int = 3, name: str = "C1") -> list[NatsS
             s.stop()
         raise
     return servers
+
+
+# --------------------------------------------------------------------------- the embedded server's address
+# `lorafleet up` records where its server listens, so `status`, `events tail`,
+# `serve` in another terminal (same working directory) find it without a URL.
+
+EMBEDDED_STATE = "embedded-nats.json"
+
+
+def write_embedded_url(data_dir: Path, url: str, pid: int) -> None:
+    import json
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{EMBEDDED_STATE}.tmp"
+    tmp.write_text(json.dumps({"url": url, "pid": pid}))
+    tmp.replace(data_dir / EMBEDDED_STATE)
+
+
+def clear_embedded_url(data_dir: Path) -> None:
+    (data_dir / EMBEDDED_STATE).unlink(missing_ok=True)
+
+
+def read_embedded_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server `lorafleet up` started for `data_dir`, if it is still running."""
+    import json
+
+    try:
+        state = json.loads((data_dir / EMBEDDED_STATE).read_text())
+        pid, url = int(state["pid"]), str(state["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return url
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

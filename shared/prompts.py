@@ -12,7 +12,8 @@ SYSTEM_PROMPT = (
     "code). Answer with the program in a single ```python code block."
 )
 
-_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
+# A closing fence sits at the start of a line; an unclosed block runs to the end.
+_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def render_user(statement: str, starter_code: str | None = None) -> str:

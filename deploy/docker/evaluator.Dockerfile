@@ -1,0 +1,27 @@
+# evaluator: samples n completions per problem (OpenAI-compatible endpoint such as
+# vLLM, or transformers on CPU for tiny models), judges them in the sandbox,
+# computes pass@k and the gate. Sandbox-bound: scale it with replicas
+# (docker compose up --scale evaluator=3).
+# Build from the repository root: docker build -f deploy/docker/evaluator.Dockerfile .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LORAFLEET_DATA_DIR=/var/lib/lorafleet \
+    HF_HOME=/var/lib/lorafleet/hf
+
+WORKDIR /opt/lorafleet
+COPY pyproject.toml README.md ./
+COPY lorafleet ./lorafleet
+COPY shared ./shared
+COPY services ./services
+# CPU torch: generation on GPU goes through the vLLM server, not this image.
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu "./[evaluator]" \
+    && useradd --create-home --uid 10001 lorafleet \
+    && mkdir -p /var/lib/lorafleet && chown lorafleet /var/lib/lorafleet
+
+USER 10001
+WORKDIR /var/lib/lorafleet
+ENTRYPOINT ["lorafleet"]
+CMD ["serve", "evaluator"]

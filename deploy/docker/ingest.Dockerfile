@@ -1,0 +1,22 @@
+# ingest: loads sources, verifies every solution in the sandbox, dedups, splits.
+# Build from the repository root: docker build -f deploy/docker/ingest.Dockerfile .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LORAFLEET_DATA_DIR=/var/lib/lorafleet
+
+WORKDIR /opt/lorafleet
+COPY pyproject.toml README.md ./
+COPY lorafleet ./lorafleet
+COPY shared ./shared
+COPY services ./services
+RUN pip install --no-cache-dir "./[ingest]" \
+    && useradd --create-home --uid 10001 lorafleet \
+    && mkdir -p /var/lib/lorafleet && chown lorafleet /var/lib/lorafleet
+
+USER 10001
+WORKDIR /var/lib/lorafleet
+ENTRYPOINT ["lorafleet"]
+CMD ["serve", "ingest"]

@@ -1,0 +1,244 @@
+"""A tiny Qwen2-architecture model and its tokenizer, built locally (no hub).
+
+`make_tiny(out)` writes a random-initialised model (fast; for tests).
+`make_tiny(out, pretrain=True)` writes the CPU-pretrained demo base of
+TINY_MODEL_NOTES.md, cached under the cache dir keyed by a hash of the recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lorafleet.shared.prompts import SYSTEM_PROMPT, render_messages
+from lorafleet.shared import synthetic
+
+log = logging.getLogger(__name__)
+
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+# ChatML; the assistant turn *including* <|im_end|> sits inside {% generation %},
+# so assistant_only_loss trains the end-of-turn token (pad != eos keeps it in the loss).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the pretrained weights; its hash keys the cache."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 512
+    pretrain_chats: int = 3000
+    code_snippets: int = 2000
+    steps: int = 700
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    max_length: int = 256
+    seed: int = 0
+    version: int = 1  # bump when the corpus generators change
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LORAFLEET_CACHE_DIR") or Path.home() / ".cache" / "lorafleet")
+
+
+def _chat_text(messages: list[dict[str, str]]) -> str:
+    # Same layout as CHAT_TEMPLATE; used where a jinja render per example would be slow.
+    out = []
+    for m in messages:
+        out.append(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n")
+    return "".join(out)
+
+
+def pretraining_corpus(recipe: Recipe) -> list[str]:
+    """Chats of the pretraining families plus generic code snippets (full-text LM)."""
+    chats = [
+        _chat_text(render_messages(p.statement, code=p.solutions[0])).rstrip("\n")
+        for p in synthetic.pretrain_problems(recipe.pretrain_chats, seed=recipe.seed)
+    ]
+    return chats + synthetic.code_snippets(recipe.code_snippets, seed=recipe.seed)
+
+
+def tokenizer_corpus(recipe: Recipe) -> list[str]:
+    """Text the BPE is trained on: the pretraining corpus, the LoRA statements and code of
+    the *training* pairs, and every number up to 999 with a leading space, so whole
+    numbers become single tokens."""
+    lora = [
+        _chat_text(render_messages(p.statement, code=p.solutions[0]))
+        for p in synthetic.lora_problems(None, "train")
+    ]
+    numbers = [" ".join(f" {n}" for n in range(1000))] * 20
+    return pretraining_corpus(recipe) + lora * 3 + numbers + [SYSTEM_PROMPT] * 10
+
+
+def train_tokenizer(recipe: Recipe):
+    """Byte-level BPE trained locally; ChatML specials; pad (<|endoftext|>) != eos (<|im_end|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=[PAD, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(recipe), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, padding_side="right",
+        model_max_length=recipe.max_positions,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(recipe: Recipe, tokenizer):
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        intermediate_size=recipe.intermediate_size,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+    )
+    return model
+
+
+def run_pretraining(model, tokenizer, recipe: Recipe, work_dir: Path) -> dict:
+    """Full-text LM on the pretraining corpus with trl's SFTTrainer (no packing)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    texts = pretraining_corpus(recipe)
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=recipe.steps,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        weight_decay=0.0,
+        max_length=recipe.max_length,
+        packing=False,
+        dataset_text_field="text",
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        seed=recipe.seed,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
+                         processing_class=tokenizer)
+    result = trainer.train()
+    return {"train_loss": result.training_loss, "steps": result.global_step}
+
+
+def _save(model, tokenizer, out: Path, meta: dict) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "lorafleet_tiny.json").write_text(json.dumps(meta, indent=2))
+
+
+def _copy_into(src: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_file():
+            shutil.copy2(item, out / item.name)
+
+
+TINY_SCHEME = "tiny://"
+
+
+def cached_tiny(pretrain: bool, recipe: Recipe | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The cache directory holding the tiny model of this recipe, built on first use.
+
+    Several processes may race: each builds in a private temp dir and renames; the
+    loser keeps the winner's (identical) result."""
+    recipe = recipe or Recipe()
+    kind = "base" if pretrain else "random"
+    cached = Path(cache_dir or default_cache_dir()) / f"tiny-{kind}-{recipe.key()}"
+    if (cached / "lorafleet_tiny.json").is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".build-") as tmp:
+        tokenizer = train_tokenizer(recipe)
+        model = build_model(recipe, tokenizer)
+        meta: dict = {"recipe": asdict(recipe), "pretrained": pretrain}
+        if pretrain:
+            log.info("pretraining the tiny base (%d steps, cached at %s)", recipe.steps, cached)
+            started = time.monotonic()
+            meta.update(run_pretraining(model, tokenizer, recipe, Path(tmp) / "work"))
+            meta["pretrain_seconds"] = round(time.monotonic() - started, 1)
+        staged = Path(tmp) / "model"
+        _save(model, tokenizer, staged, meta)
+        try:
+            staged.rename(cached)
+        except OSError:
+            if not (cached / "lorafleet_tiny.json").is_file():
+                raise
+    return cached
+
+
+def resolve_base_model(name: str, cache_dir: str | Path | None = None) -> str:
+    """`tiny://pretrained` / `tiny://random` -> the cached local directory; anything else unchanged
+    (a local path or a hub name). Trainer and evaluator both load base models through this."""
+    if not name.startswith(TINY_SCHEME):
+        return name
+    kind = name[len(TINY_SCHEME):]
+    if kind not in ("pretrained", "random"):
+        from lorafleet.shared.errors import ConfigError
+
+        raise ConfigError(f"base_model {name!r}: use tiny://pretrained or tiny://random (or a path / hub name)")
+    return str(cached_tiny(kind == "pretrained", cache_dir=cache_dir))
+
+
+def make_tiny(out_dir: str | Path, pretrain: bool = False, *, recipe: Recipe | None = None,
+              cache_dir: str | Path | None = None) -> Path:
+    """Write a tiny model + tokenizer to `out_dir` and return it.
+
+    pretrain=False: random init (seconds). pretrain=True: the pretrained base, computed
+    once per recipe and cached (a few minutes on 2 CPU cores)."""
+    out = Path(out_dir)
+    _copy_into(cached_tiny(pretrain, recipe, cache_dir), out)
+    return out

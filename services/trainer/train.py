@@ -1,0 +1,327 @@
+"""One training run, top to bottom: data -> model -> LoRA -> SFTTrainer -> adapter dir.
+
+Pure of the bus: `train(job)` takes paths and a config, calls `on_progress` with
+plain dicts, and returns a `TrainResult`. The app runs it in a worker thread.
+
+GPU path: 4-bit NF4 (double quant, bf16 compute) + k-bit preparation + gradient
+checkpointing + paged 8-bit AdamW. CPU path: the same code with quantization
+"none", fp32 and torch AdamW (bitsandbytes' paged optimizers need CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lorafleet.shared.config import TrainConfig
+from lorafleet.shared.errors import ConfigError, LorafleetError
+from lorafleet.shared.problems import Problem, TrainExample
+from lorafleet.shared.prompts import render_messages
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class TooFewExamples(LorafleetError):
+    """Not retriable: the same dataset will be too small next time too."""
+
+
+class OutOfMemory(LorafleetError):
+    """Not retriable with the same config: the message says which knob to turn."""
+
+
+@dataclass
+class TrainJob:
+    config: TrainConfig
+    dataset_dir: Path  # train.jsonl, eval.jsonl, eval_problems.jsonl
+    output_dir: Path  # the adapter directory that ships
+    checkpoint_dir: Path  # durable; a rerun with the same dir resumes
+    on_progress: ProgressFn | None = None
+    judge: Callable | None = None  # judge_many-compatible; None = the sandbox's
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    resumed_from_step: int | None
+    rank: int
+    lora_alpha: float
+    target_modules: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_jsonl(path: Path, model: type) -> list:
+    if not path.is_file():
+        return []
+    return [model.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def to_messages(example: TrainExample) -> dict[str, list[dict[str, str]]]:
+    return {"messages": render_messages(example.statement, example.starter_code, example.reasoning, example.code)}
+
+
+def supervision_stats(tokenizer, rows: list[dict], max_length: int) -> tuple[list[dict], dict[str, int]]:
+    """Drop examples whose assistant turn starts past max_length (they would train on
+    nothing) and count the ones cut short; bfd truncates silently otherwise."""
+    kept, dropped, cut, supervised = [], 0, 0, 0
+    for row in rows:
+        enc = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        mask = enc["assistant_masks"]
+        inside = sum(mask[:max_length])
+        if inside == 0:
+            dropped += 1
+            continue
+        if inside < sum(mask):
+            cut += 1
+        supervised += inside
+        kept.append(row)
+    return kept, {"examples": len(kept), "dropped_too_long": dropped, "cut_at_max_length": cut,
+                  "supervised_tokens": supervised}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_base(config: TrainConfig):
+    """Tokenizer + base model, 4-bit NF4 on GPU when the config asks for it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorafleet.services.trainer.tiny_model import resolve_base_model
+
+    path = resolve_base_model(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad == eos would mask the end-of-turn token out of the loss (DESIGN.md correction 6)
+        raise ConfigError(
+            f"base_model {config.base_model}: its tokenizer pads with the EOS token; give it a distinct pad token"
+        )
+    gpu = cuda_available()
+    kwargs: dict[str, Any] = {}
+    if config.quantization == "nf4":
+        if not gpu:
+            raise ConfigError(
+                f"quantization: nf4 needs a CUDA GPU (bitsandbytes); set `quantization: none` to train "
+                f"{config.base_model} on CPU"
+            )
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    elif gpu and config.training.bf16:
+        kwargs["dtype"] = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if config.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing
+        )
+    return tokenizer, model
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    lora = config.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        task_type=lora.task_type,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        modules_to_save=lora.modules_to_save,
+    )
+
+
+def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    t, v = config.training, config.validation
+    gpu = cuda_available()
+    optim = t.optim
+    if not gpu and ("8bit" in optim or "paged" in optim):
+        optim = "adamw_torch"  # bitsandbytes optimizers are CUDA-only
+    evaluate = has_eval
+    if evaluate and t.save_steps % v.eval_steps != 0:
+        raise ConfigError(
+            f"training.save_steps={t.save_steps} must be a multiple of validation.eval_steps={v.eval_steps}, "
+            "so the best evaluated checkpoint is on disk to ship"
+        )
+    return SFTConfig(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # TRL 1.x: a float < 1 is a ratio
+        weight_decay=t.weight_decay,
+        max_length=t.max_seq_length,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        optim=optim,
+        bf16=t.bf16 and gpu,
+        use_cpu=not gpu,
+        packing=t.packing,
+        packing_strategy=t.packing_strategy,
+        assistant_only_loss=True,
+        seed=t.seed,
+        data_seed=t.seed,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=v.eval_steps,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model=("eval_pass_at_1" if v.metric == "pass_at_1" else "eval_loss") if evaluate else None,
+        greater_is_better=v.metric == "pass_at_1",
+        logging_steps=t.logging_steps,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+# --------------------------------------------------------------------------- run
+
+
+def train(job: TrainJob) -> TrainResult:
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
+
+    config = job.config
+    t, v = config.training, config.validation
+
+    # 1. data
+    train_examples = read_jsonl(job.dataset_dir / "train.jsonl", TrainExample)
+    eval_examples = read_jsonl(job.dataset_dir / "eval.jsonl", TrainExample)
+    eval_problems = read_jsonl(job.dataset_dir / "eval_problems.jsonl", Problem)
+    if len(train_examples) < config.data.min_examples:
+        raise TooFewExamples(
+            f"dataset has {len(train_examples)} training examples, fewer than data.min_examples="
+            f"{config.data.min_examples}: add sources or lower min_examples"
+        )
+
+    # 2. model + LoRA
+    tokenizer, model = load_base(config)
+    model = get_peft_model(model, lora_config(config))
+    rows, stats = supervision_stats(tokenizer, [to_messages(e) for e in train_examples], t.max_seq_length)
+    if stats["examples"] < config.data.min_examples or not rows:
+        raise TooFewExamples(
+            f"{stats['dropped_too_long']} of {len(train_examples)} examples have no assistant tokens within "
+            f"max_seq_length={t.max_seq_length}; {stats['examples']} left, min_examples={config.data.min_examples}"
+        )
+    eval_rows = [to_messages(e) for e in eval_examples]
+    has_eval = bool(eval_rows)
+
+    # 3. trainer, callbacks (pass@1 before early stopping: it reads the metric we add)
+    job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    args = sft_config(config, job.checkpoint_dir, has_eval)
+    callbacks = [ProgressCallback(job.on_progress)]
+    if has_eval and v.metric == "pass_at_1":
+        subset = random.Random(t.seed).sample(eval_problems, min(v.pass_at_1_problems, len(eval_problems)))
+        callbacks.insert(0, PassAtOneCallback(tokenizer, subset, v.max_new_tokens, judge=job.judge,
+                                                batch_size=v.pass_at_1_batch_size))
+    if has_eval and v.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=v.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    for cb in callbacks:
+        if isinstance(cb, PassAtOneCallback):
+            cb.model = trainer.model
+
+    # 4. train, resuming from the last durable checkpoint of this job
+    last = get_last_checkpoint(str(job.checkpoint_dir)) if t.resume else None
+    resumed_from = int(Path(last).name.split("-")[-1]) if last else None
+    if last:
+        log.info("resuming from %s", last)
+    started = time.monotonic()
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfMemory(
+            f"out of GPU memory at batch_size={t.batch_size}, max_seq_length={t.max_seq_length}: lower "
+            "training.batch_size (raise gradient_accumulation_steps to keep the effective batch) or "
+            "max_seq_length, or enable gradient_checkpointing"
+        ) from exc
+
+    # 5. ship the best (load_best_model_at_end) adapter
+    tmp = job.output_dir.with_name(job.output_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp))
+    adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    metrics = {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "best_metric": trainer.state.best_metric,
+        "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
+        "metric": v.metric if has_eval else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_pass_at_1": next((h["eval_pass_at_1"] for h in reversed(history) if "eval_pass_at_1" in h), None),
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "train_seconds": round(time.monotonic() - started, 2),
+        "resumed_from_step": resumed_from,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **stats,
+        "eval_history": [{k: h[k] for k in ("step", "eval_loss", "eval_pass_at_1") if k in h} for h in evals],
+    }
+    metrics = {k: (None if isinstance(v_, float) and math.isnan(v_) else v_) for k, v_ in metrics.items()}
+    (tmp / "training_summary.json").write_text(json.dumps(
+        {"adapter_name": config.adapter_name, "base_model": config.base_model, "config_sha256": config.sha256(),
+         "metrics": metrics}, indent=2, default=str))
+    shutil.rmtree(job.output_dir, ignore_errors=True)
+    tmp.rename(job.output_dir)
+    targets = adapter_cfg.get("target_modules") or []
+    return TrainResult(
+        output_dir=job.output_dir,
+        metrics=metrics,
+        resumed_from_step=resumed_from,
+        rank=int(adapter_cfg["r"]),
+        lora_alpha=float(adapter_cfg["lora_alpha"]),
+        target_modules=sorted(targets) if isinstance(targets, list) else [targets],
+    )

@@ -1,0 +1,480 @@
+"""The event bus: one JetStream stream, one durable pull consumer per service, a runner.
+
+A service module declares handlers on a `Service`; the runner (FastStream NATS
+broker, pull subscriber, manual acks) does the reliability work:
+
+- every replica of a service binds the same durable consumer, so they share the work;
+- an unparsable message goes to `lorafleet.v1.dlq.<service>` at once and is terminated;
+- while a handler runs, in-progress acks keep the message from being redelivered;
+- returned events are published with `Nats-Msg-Id = event.event_id`, then the input is acked;
+- an exception naks (with a growing delay); the last allowed delivery dead-letters instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import logging
+import signal
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel, ConfigDict
+
+from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.events import (
+    DLQ_PREFIX,
+    EVENTS_BY_TYPE,
+    FAILED_STAGES,
+    STREAM,
+    SUBJECT_PREFIX,
+    Event,
+    StageFailed,
+    event_type_of_subject,
+    parse_event,
+    subject_for,
+)
+from lorafleet.shared.settings import Settings, get_settings
+
+log = logging.getLogger("lorafleet.bus")
+
+ADVISORY_STREAM = "LORAFLEET_ADVISORIES"
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*"
+SERVICES = ("ingest", "enrich", "trainer", "evaluator", "registry")
+# Which `<stage>.failed` a service reports when a message exhausts its deliveries.
+SERVICE_STAGE = {"ingest": "ingest", "enrich": "enrich", "trainer": "training",
+                 "evaluator": "evaluation", "registry": "registry", "collector": "collector"}
+# A dead letter carries at most this much of the original (the full message stays in the stream).
+DLQ_ORIGINAL_MAX = 256 * 1024
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any, "Context"], Awaitable["Event | Iterable[Event] | None"]]
+
+
+def dlq_subject(service: str) -> str:
+    return f"{DLQ_PREFIX}.{service}"
+
+
+def subject_of(event: Event) -> str:
+    return event.to_subject() if isinstance(event, StageFailed) else event.subject()
+
+
+# --------------------------------------------------------------------------- connection
+
+
+async def connect(settings: Settings, *, name: str = "lorafleet", **kwargs: Any) -> NatsClient:
+    """A nats-py client to the configured server(s); unreachable = LorafleetError with the fix."""
+    servers = resolve_servers(settings)
+    try:
+        return await nats.connect(
+            servers=servers, name=name, connect_timeout=settings.connect_timeout_s,
+            max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
+            allow_reconnect=True, **kwargs,
+        )
+    except Exception as exc:  # NoServersError, OSError, TimeoutError: all mean the same to a user
+        raise LorafleetError(
+            f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}: {exc or 'no servers available'}): "
+            "start it with `lorafleet up` or point LORAFLEET_NATS_URL / --nats-url at a running server"
+        ) from exc
+
+
+def resolve_servers(settings: Settings) -> list[str]:
+    """The configured URL(s); without one, the embedded server that `lorafleet up` recorded."""
+    if settings.nats_servers():
+        return settings.nats_servers()
+    from lorafleet.shared.nats_server import read_embedded_url
+
+    url = read_embedded_url(settings.data_dir)
+    if url is None:
+        raise LorafleetError(
+            f"no NATS server configured and no embedded server running for {settings.data_dir.resolve()}: "
+            "run `lorafleet up` (in this directory) or set LORAFLEET_NATS_URL / --nats-url"
+        )
+    return [url]
+
+
+def stream_config(settings: Settings) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window_s,
+        max_age=settings.stream_max_age_days * 86400 if settings.stream_max_age_days else None,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create the event stream (and the stream that keeps max-delivery advisories), or update it."""
+    for config in (
+        stream_config(settings),
+        api.StreamConfig(
+            name=ADVISORY_STREAM, subjects=[MAX_DELIVERIES_ADVISORY], storage=api.StorageType.FILE,
+            num_replicas=settings.stream_replicas, max_age=7 * 86400,
+        ),
+    ):
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if "already in use" not in (exc.description or ""):
+                raise
+            await js.update_stream(config)
+
+
+async def ensure_infrastructure(settings: Settings) -> None:
+    """What `lorafleet up` creates before any service starts: the streams and the artifact bucket."""
+    from lorafleet.shared.artifacts import ObjectStoreArtifacts, open_store
+
+    nc = await connect(settings, name="lorafleet-setup", max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        store = open_store(settings, js=js)
+        if isinstance(store, ObjectStoreArtifacts):
+            await store.object_store()
+    finally:
+        await nc.close()
+
+
+async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> api.PubAck:
+    """Publish with `Nats-Msg-Id = event.event_id`: a second publish of the same id is recorded once."""
+    return await js.publish(
+        subject_of(event), event.to_bytes(), timeout=timeout, stream=STREAM,
+        headers={"Nats-Msg-Id": event.event_id, "Lorafleet-Event-Type": subject_of(event).removeprefix(SUBJECT_PREFIX + ".")},
+    )
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class DeadLetter(BaseModel):
+    """What `lorafleet.v1.dlq.<service>` carries: why, and the original message."""
+
+    model_config = ConfigDict(extra="allow")
+    service: str
+    reason: str  # invalid | max_deliver | no_handler
+    error: str
+    subject: str
+    stream_seq: int | None = None
+    num_delivered: int | None = None
+    event_id: str | None = None
+    request_id: str | None = None
+    original: str
+    original_encoding: str = "utf-8"  # or base64
+    original_truncated: bool = False
+    dead_lettered_at: datetime
+
+    def original_bytes(self) -> bytes:
+        return base64.b64decode(self.original) if self.original_encoding == "base64" else self.original.encode()
+
+
+def make_dead_letter(service: str, msg: Msg, reason: str, error: str, event: Event | None = None) -> DeadLetter:
+    data = msg.data or b""
+    truncated = len(data) > DLQ_ORIGINAL_MAX
+    data = data[:DLQ_ORIGINAL_MAX]
+    try:
+        original, encoding = data.decode(), "utf-8"
+    except UnicodeDecodeError:
+        original, encoding = base64.b64encode(data).decode(), "base64"
+    meta = _metadata(msg)
+    return DeadLetter(
+        service=service, reason=reason, error=error[-8000:], subject=msg.subject,
+        stream_seq=meta.sequence.stream if meta else None,
+        num_delivered=meta.num_delivered if meta else None,
+        event_id=event.event_id if event else None, request_id=event.request_id if event else None,
+        original=original, original_encoding=encoding, original_truncated=truncated,
+        dead_lettered_at=datetime.now(timezone.utc),
+    )
+
+
+def _metadata(msg: Msg) -> Msg.Metadata | None:
+    try:
+        return msg.metadata
+    except Exception:  # not a JetStream message (tests publishing on core NATS)
+        return None
+
+
+# --------------------------------------------------------------------------- service + context
+
+
+@dataclass
+class Context:
+    """What a handler gets besides its event. One per message; `on_start` gets one without a message."""
+
+    service: str
+    settings: Settings
+    deps: Any
+    artifacts: Any
+    nc: NatsClient
+    js: JetStreamContext
+    msg: Msg | None = None
+
+    async def publish(self, event: Event) -> api.PubAck:
+        return await publish_event(self.js, event, timeout=self.settings.publish_timeout_s)
+
+    async def in_progress(self) -> None:
+        """Extend the ack deadline of the message being handled (the runner also does it periodically)."""
+        if self.msg is not None:
+            await self.msg.in_progress()
+
+
+class Service:
+    """A named service: its handlers, its start hooks and how to build its dependencies."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        bootstrap: Callable[[Settings], Any] | None = None,
+        concurrency: int = 1,
+        stage: str | None = None,
+    ) -> None:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"service name {name!r} must be alphanumeric (it names a durable consumer)")
+        self.name = name
+        self.bootstrap = bootstrap
+        self.concurrency = concurrency
+        self.stage = stage or SERVICE_STAGE.get(name)
+        self.handlers: dict[str, tuple[type[Event], Handler]] = {}
+        self.start_hooks: list[Callable[[Context], Awaitable[None]]] = []
+        self.stop_hooks: list[Callable[[Context], Awaitable[None]]] = []
+
+    def handler(self, event_cls: type[E]) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            for event_type in _event_types(event_cls):
+                if event_type in self.handlers:
+                    raise ValueError(f"service {self.name} already handles {event_type}")
+                self.handlers[event_type] = (event_cls, fn)
+            return fn
+
+        return register
+
+    def on_start(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
+        self.start_hooks.append(fn)
+        return fn
+
+    def on_stop(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
+        self.stop_hooks.append(fn)
+        return fn
+
+    @property
+    def subjects(self) -> list[str]:
+        subjects = {f"{SUBJECT_PREFIX}.*.failed" if event_type.endswith(".failed") else subject_for(event_type)
+                    for event_type in self.handlers}
+        return sorted(subjects)
+
+    def consumer_config(self, settings: Settings) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            name=self.name,
+            durable_name=self.name,
+            filter_subjects=self.subjects,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            max_deliver=settings.max_deliver,
+            ack_wait=settings.ack_wait_s,
+            max_ack_pending=max(1000, self.concurrency * 10),
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self, settings: Settings | None = None) -> AsyncIterator["Runner"]:
+        """Connect, set up, start consuming; stop cleanly on exit. For `serve` and tests."""
+        runner = Runner(self, settings or get_settings())
+        await runner.start()
+        try:
+            yield runner
+        finally:
+            await runner.stop()
+
+    async def run(self, settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set or SIGINT/SIGTERM arrives."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        async with self.running(settings):
+            await stop.wait()
+
+
+def _event_types(event_cls: type[Event]) -> list[str]:
+    if event_cls is StageFailed:
+        return [f"{stage}.failed" for stage in FAILED_STAGES]
+    if EVENTS_BY_TYPE.get(event_cls.event_type) is not event_cls:
+        raise ValueError(f"{event_cls.__name__} is not a registered event (shared/events.py ALL_EVENTS)")
+    return [event_cls.event_type]
+
+
+def _outcomes(result: Event | Iterable[Event] | None) -> list[Event]:
+    if result is None:
+        return []
+    if isinstance(result, Event):
+        return [result]
+    return list(result)
+
+
+class Runner:
+    """One running replica of a service: FastStream broker + pull subscriber on the durable consumer."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.broker: Any = None
+        self.ctx: Context | None = None
+        self.processed = 0  # messages acked, for tests and logs
+
+    async def start(self) -> None:
+        from faststream import AckPolicy
+        from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+
+        service, settings = self.service, self.settings
+        if not service.handlers and not service.start_hooks:
+            raise LorafleetError(f"service {service.name} has no handlers and no start hooks: nothing to run")
+        servers = resolve_servers(settings)
+        broker = NatsBroker(
+            servers, name=f"lorafleet-{service.name}", connect_timeout=settings.connect_timeout_s,
+            max_reconnect_attempts=-1, logger=logging.getLogger(f"lorafleet.{service.name}"),
+            log_level=logging.DEBUG,
+        )
+        if service.handlers:
+            config = service.consumer_config(settings)
+
+            @broker.subscriber(
+                service.subjects[0],
+                stream=JStream(STREAM, declare=False),
+                durable=service.name,
+                config=config,
+                pull_sub=PullSub(batch_size=service.concurrency, timeout=1.0),
+                ack_policy=AckPolicy.MANUAL,
+            )
+            async def on_message(message: NatsMessage) -> None:
+                await self.handle(message.raw_message)
+
+        self.broker = broker
+        try:
+            await broker.connect()
+        except Exception as exc:
+            raise LorafleetError(
+                f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}: {exc}): "
+                "start it with `lorafleet up` or point LORAFLEET_NATS_URL / --nats-url at a running server"
+            ) from exc
+        state = broker.config.connection_state
+        nc, js = state.connection, state.stream
+        await ensure_stream(js, settings)
+        if service.handlers:
+            # Create or update (e.g. new handler subjects, new max_deliver) before FastStream binds.
+            await js.add_consumer(STREAM, config=service.consumer_config(settings))
+        deps = service.bootstrap(settings) if service.bootstrap else None
+        if inspect.isawaitable(deps):
+            deps = await deps
+        from lorafleet.shared.artifacts import open_store
+
+        self.ctx = Context(service.name, settings, deps, open_store(settings, js=js), nc, js)
+        for hook in service.start_hooks:
+            await hook(self.ctx)
+        await broker.start()
+        log.info("service %s consuming %s", service.name, ", ".join(service.subjects) or "(nothing)")
+
+    async def stop(self) -> None:
+        if self.ctx is not None:
+            for hook in self.service.stop_hooks:
+                with contextlib.suppress(Exception):
+                    await hook(self.ctx)
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+
+    async def handle(self, msg: Msg) -> None:
+        """The whole life of one delivery: parse, handle with heartbeat, publish, ack / nak / dead-letter."""
+        assert self.ctx is not None
+        service = self.service
+        try:
+            event = parse_event(msg.subject, msg.data)
+            entry = service.handlers.get(event_type_of_subject(msg.subject))
+        except ValueError as exc:
+            await self._dead_letter(msg, "invalid", str(exc))
+            return
+        if entry is None:
+            await self._dead_letter(msg, "no_handler", f"service {service.name} has no handler for {msg.subject}", event)
+            return
+        _, fn = entry
+        ctx = Context(service.name, self.settings, self.ctx.deps, self.ctx.artifacts, self.ctx.nc, self.ctx.js, msg)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            for outcome in _outcomes(await fn(event, ctx)):
+                await ctx.publish(outcome)
+        except Exception as exc:
+            heartbeat.cancel()
+            await self._failed(msg, event, exc)
+            return
+        finally:
+            heartbeat.cancel()
+        await msg.ack()
+        self.processed += 1
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # a lost in-progress ack only risks a redelivery
+                await msg.in_progress()
+
+    async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
+        meta = _metadata(msg)
+        delivered = meta.num_delivered if meta else 1
+        error = f"{type(exc).__name__}: {exc}"
+        if delivered < self.settings.max_deliver:
+            delay = min(self.settings.retry_delay_s * delivered, 60.0)
+            log.warning("%s: %s failed (delivery %d/%d), retrying in %.1fs: %s", self.service.name,
+                        event.event_type, delivered, self.settings.max_deliver, delay, error)
+            await msg.nak(delay=delay or None)
+            return
+        detail = error + "\n" + "".join(traceback.format_exception(exc)[-6:])
+        if self.service.stage is not None:
+            failed = event.follow(StageFailed, 999_999, stage=self.service.stage, error=error[:2000],
+                                  retriable=False, input_event_id=event.event_id,
+                                  adapter_name=getattr(event, "adapter_name", None))
+            with contextlib.suppress(Exception):
+                await publish_event(self.ctx.js, failed, timeout=self.settings.publish_timeout_s)
+        await self._dead_letter(msg, "max_deliver", detail, event)
+
+    async def _dead_letter(self, msg: Msg, reason: str, error: str, event: Event | None = None) -> None:
+        assert self.ctx is not None
+        letter = make_dead_letter(self.service.name, msg, reason, error, event)
+        log.error("%s: dead-lettered %s (%s): %s", self.service.name, msg.subject, reason, error.splitlines()[0][:500])
+        msg_id = f"dlq:{self.service.name}:{letter.stream_seq}" if letter.stream_seq else None
+        await self.ctx.js.publish(
+            dlq_subject(self.service.name), letter.model_dump_json().encode(), stream=STREAM,
+            timeout=self.settings.publish_timeout_s,
+            headers={"Nats-Msg-Id": msg_id, "Lorafleet-Dlq-Reason": reason} if msg_id else {"Lorafleet-Dlq-Reason": reason},
+        )
+        if _metadata(msg) is not None:
+            await msg.term()
+
+
+def load_service(name: str) -> Service:
+    """`lorafleet.services.<name>.app:service`; a missing or broken module is a clear error."""
+    import importlib
+
+    module_name = f"lorafleet.services.{name}.app"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise LorafleetError(f"service {name!r} has no app module ({module_name}): is the service implemented?") from exc
+        raise LorafleetError(f"service {name!r} needs {exc.name!r}, which is not installed: "
+                             f"install the extra, e.g. pip install 'lorafleet[{name}]'") from exc
+    service = getattr(module, "service", None)
+    if not isinstance(service, Service):
+        raise LorafleetError(f"{module_name} has no `service = Service(...)`")
+    return service

@@ -1,0 +1,595 @@
+"""The sandbox fork server: a warm interpreter that sits inside its namespaces and forks one child per run.
+
+Started by `pool.py` as `python -I _server.py FD [--no-namespaces] [--no-drop]`. Standard library only
+and no lorafleet imports: every child is a copy of this process's memory, so it must hold nothing secret
+(it is started with an almost empty environment and only ever receives code, stdin and limits).
+
+Layout when the kernel allows (root):
+  outer process P --unshare(pid, net, mount, ipc, uts)--> fork --> S = pid 1 of the new pid namespace
+  S mounts a private /proc and tmpfs on /tmp, /var/tmp, /dev/shm, then serves requests one at a time:
+  fork child C -> setsid, rlimits, no_new_privs, uid/gid drop to a uid unique to this server, clean env,
+  private working directory -> exec the code in-process (the interpreter is already warm).
+After C exits, S (pid 1) sends SIGKILL to every other process of its namespace (kill(-1) from pid 1 reaches
+exactly the run's leftovers) and reaps them, so nothing of a run survives it.
+
+Without namespaces the same server runs on the host: it becomes a child subreaper and kills leftovers
+with a helper that takes the run's uid (kill(-1) as that uid), or by walking its descendants when it can't
+change uid. The hello message lists the layers that are really active.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+# Every server runs its programs as its own uid: RLIMIT_NPROC counts per uid, so a fork bomb in one run
+# can't starve a run of another server, and "kill every process of this uid" reaches exactly one run.
+UID_BASE = 1_000_000
+SETUP_FD = 3
+MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+# Imported once here so that a child finds them warm (typical of contest and HumanEval code).
+PRELOAD = (
+    "array", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions",
+    "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "operator", "random", "re",
+    "statistics", "string", "threading", "traceback", "types", "typing", "atexit", "builtins", "cmath",
+    "queue", "textwrap", "unicodedata", "numbers", "contextlib", "abc", "struct", "time", "pprint",
+)
+
+# ---------------------------------------------------------------- framing (also used by the harness)
+
+_LEN = struct.Struct("!I")
+
+
+def send_msg(sock: socket.socket, header: dict, blobs: tuple[bytes, ...] = ()) -> None:
+    header = dict(header, blobs=[len(b) for b in blobs])
+    raw = json.dumps(header).encode()
+    sock.sendall(b"".join((_LEN.pack(len(raw)), raw, *blobs)))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict, list[bytes]] | None:
+    head = _recv_exact(sock, _LEN.size)
+    if head is None:
+        return None
+    raw = _recv_exact(sock, _LEN.unpack(head)[0])
+    if raw is None:
+        return None
+    header = json.loads(raw)
+    blobs = []
+    for size in header.pop("blobs", []):
+        blob = _recv_exact(sock, size) if size else b""
+        if blob is None:
+            return None
+        blobs.append(blob)
+    return header, blobs
+
+
+# ---------------------------------------------------------------- setup of the server itself
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {target}: {os.strerror(e)}")
+
+
+def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
+    """unshare, then fork: the child is pid 1 of the new pid namespace and becomes the server."""
+    flags = CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    if _libc.unshare(flags) != 0:
+        return
+    outer = os.getpid()
+    pid = os.fork()
+    if pid:
+        # P: waits for S and leaves with it; S dies with P (PDEATHSIG), so killing P ends the namespace.
+        sock.close()
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+            except InterruptedError:
+                continue
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != 0:  # P died between fork and prctl
+        os._exit(1)
+    os.environ["LORAFLEET_SANDBOX_OUTER_PID"] = str(outer)
+    layers += ["pid_namespace", "net_namespace", "ipc_namespace", "uts_namespace"]
+    try:
+        _mount("none", "/", None, MS_REC | MS_PRIVATE)
+        layers.append("mount_namespace")
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        for target, size in (("/tmp", "256m"), ("/var/tmp", "16m"), ("/dev/shm", "64m")):
+            if os.path.isdir(target):
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        layers.append("private_tmp")
+    except OSError:
+        pass
+
+
+class Server:
+    def __init__(self, sock: socket.socket, namespaces: bool, drop: bool) -> None:
+        self.sock = sock
+        self.layers: list[str] = ["process_group", "clean_env", "private_workdir", "rlimits", "wall_clock", "output_cap"]
+        if namespaces:
+            _enter_namespaces(sock, self.layers)
+        self.pidns = "pid_namespace" in self.layers
+        self.private_tmp = "private_tmp" in self.layers
+        outer = int(os.environ.pop("LORAFLEET_SANDBOX_OUTER_PID", os.getpid()))
+        self.root = os.geteuid() == 0
+        self.drop = drop and self.root
+        self.uid = UID_BASE + outer if self.drop else os.getuid()
+        self.gid = UID_BASE + outer if self.drop else os.getgid()
+        if self.drop:
+            self.layers.append("uid_drop")
+        self.layers.append("no_new_privs")
+        if not self.pidns:
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        base = "/tmp" if "private_tmp" in self.layers else None
+        self.workroot = tempfile.mkdtemp(prefix="lorafleet-sandbox-", dir=base)
+        os.chmod(self.workroot, 0o711)
+        self.counter = 0
+        self.outer = outer
+        if not self.drop and not self.private_tmp:
+            self._clean_shared_tmp = lambda: None  # type: ignore[method-assign]  # same uid as the host: touch nothing
+
+    # -------------------------------------------------------------- one run
+
+    def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
+        self.counter += 1
+        workdir = os.path.join(self.workroot, f"run{self.counter}")
+        os.mkdir(workdir, 0o700)
+        try:
+            path = os.path.join(workdir, "solution.py")
+            with open(path, "wb") as f:
+                f.write(code)
+            os.chmod(path, 0o644)
+            if self.drop:
+                os.chown(workdir, self.uid, self.gid)
+            return self._fork_and_watch(req, code, stdin, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._clean_shared_tmp()
+
+    def _clean_shared_tmp(self) -> None:
+        """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind)."""
+        for d in SHARED_TMP:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.path == self.workroot:
+                    continue
+                try:
+                    if not self.private_tmp and entry.stat(follow_symlinks=False).st_uid != self.uid:
+                        continue  # on the host only what this server's uid owns is ours
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def _fork_and_watch(self, req: dict, code: bytes, stdin: bytes, workdir: str):
+        lim = req["limits"]
+        r0, w0 = os.pipe()
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        rs, ws = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(self, req, code, workdir, (r0, w1, w2, ws))
+            finally:
+                os._exit(125)
+        for fd in (r0, w1, w2, ws):
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        sel = selectors.DefaultSelector()
+        caps = {r1: lim["stdout_cap"], r2: lim["stderr_cap"]}
+        bufs = {r1: bytearray(), r2: bytearray()}
+        truncated = {r1: False, r2: False}
+        for fd in (r1, r2):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        view = memoryview(stdin)
+        if stdin:
+            os.set_blocking(w0, False)
+            sel.register(w0, selectors.EVENT_WRITE)
+        else:
+            os.close(w0)
+            w0 = -1
+        sel.register(pidfd, selectors.EVENT_READ)
+        deadline = t0 + lim["wall_s"]
+        killed_for = None
+        exited = None
+        drain_deadline = None
+        while True:
+            now = time.monotonic()
+            if exited is not None and (not sel.get_map() or len(sel.get_map()) == 0):
+                break
+            if exited is None and now >= deadline and killed_for is None:
+                killed_for = "wall"
+                self._kill_all(pid)
+            if drain_deadline is not None and now >= drain_deadline:
+                break
+            timeout = (drain_deadline if drain_deadline is not None else deadline) - now
+            if killed_for is not None and exited is None:
+                timeout = 0.05
+            for key, _ in sel.select(max(0.0, timeout)):
+                fd = key.fd
+                if fd == pidfd:
+                    sel.unregister(pidfd)
+                    os.close(pidfd)
+                    _, status, ru = os.wait4(pid, 0)
+                    exited = (status, ru, time.monotonic())
+                    # The run ends with its main process: nothing it started may outlive it.
+                    self._kill_all(pid)
+                    if w0 >= 0:
+                        sel.unregister(w0)
+                        os.close(w0)
+                        w0 = -1
+                    drain_deadline = time.monotonic() + 2.0
+                elif fd == w0:
+                    try:
+                        n = os.write(w0, view[:65536])
+                        view = view[n:]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the program closed stdin: fine
+                        view = view[:0]
+                    if not view:
+                        sel.unregister(w0)
+                        os.close(w0)
+                        w0 = -1
+                else:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        sel.unregister(fd)
+                        os.close(fd)
+                        continue
+                    room = caps[fd] - len(bufs[fd])
+                    bufs[fd] += chunk[:room]
+                    if len(chunk) > room:
+                        truncated[fd] = True
+                        sel.unregister(fd)
+                        os.close(fd)
+                        if killed_for is None and exited is None:
+                            killed_for = "output"
+                            self._kill_all(pid)
+        for key in list(sel.get_map().values()):
+            sel.unregister(key.fd)
+            if key.fd != pidfd:
+                os.close(key.fd)
+        sel.close()
+        if w0 >= 0:
+            os.close(w0)
+        if exited is None:  # unreachable unless the drain loop broke early
+            _, status, ru = os.wait4(pid, 0)
+            exited = (status, ru, time.monotonic())
+        self._reap()
+        status, ru, t1 = exited
+        setup = os.read(rs, 4096)
+        os.close(rs)
+        head = {
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "killed_for": killed_for,
+            "wall_ms": (t1 - t0) * 1000.0,
+            "cpu_ms": (ru.ru_utime + ru.ru_stime) * 1000.0,
+            "maxrss_kb": ru.ru_maxrss,
+            "setup_error": None if setup == b"ok" else (setup.decode(errors="replace") or "child died during setup"),
+            "stdout_truncated": truncated[r1],
+            "stderr_truncated": truncated[r2],
+        }
+        return head, (bytes(bufs[r1]), bytes(bufs[r2]))
+
+    # -------------------------------------------------------------- leftovers
+
+    def _kill_all(self, pid: int | None) -> None:
+        if self.pidns:
+            for _ in range(1000):  # pid 1 never receives its own kill(-1); each call reaches the whole run
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    return
+        elif self.drop:
+            killer = os.fork()
+            if killer == 0:
+                try:
+                    os.setresgid(self.gid, self.gid, self.gid)
+                    os.setresuid(self.uid, self.uid, self.uid)
+                    for _ in range(1000):
+                        os.kill(-1, signal.SIGKILL)
+                except BaseException:
+                    pass
+                os._exit(0)
+            os.waitpid(killer, 0)
+        else:
+            if pid is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            for _ in range(100):
+                kids = _descendants(os.getpid())
+                if not kids:
+                    return
+                for k in kids:
+                    try:
+                        os.kill(k, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+    def _reap(self) -> None:
+        """Reap every child (orphans of the run come to us as pid 1 or subreaper) until none is left."""
+        end = time.monotonic() + 5.0
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() > end:
+                    return
+                self._kill_all(None)
+                time.sleep(0.001)
+
+    def serve(self) -> None:
+        send_msg(self.sock, {"layers": self.layers, "uid": self.uid, "workroot": self.workroot,
+                             "outer_pid": self.outer, "pidns": self.pidns})
+        while True:
+            msg = recv_msg(self.sock)
+            if msg is None:
+                return
+            req, blobs = msg
+            try:
+                head, outs = self.execute(req, blobs[0], blobs[1])
+            except Exception as e:  # noqa: BLE001 - reported to the harness as sandbox_error
+                head, outs = {"error": f"{type(e).__name__}: {e}"}, (b"", b"")
+            send_msg(self.sock, head, outs)
+
+
+def _descendants(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------- the child: runs the program
+
+
+def _child(server: Server, req: dict, code: bytes, workdir: str, fds: tuple[int, int, int, int]) -> None:
+    r0, w1, w2, ws = fds
+    try:
+        os.setsid()
+        os.dup2(r0, 0)
+        os.dup2(w1, 1)
+        os.dup2(w2, 2)
+        if ws != SETUP_FD:
+            os.dup2(ws, SETUP_FD, inheritable=False)
+        os.closerange(SETUP_FD + 1, 1 << 20)
+        os.chdir(workdir)
+        lim = req["limits"]
+        cpu = max(1, int(-(-lim["cpu_s"] // 1)))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        nproc = lim["nproc"]
+        if not server.drop:  # shared uid: allow what it already runs plus the run's share
+            nproc += _count_own_processes()
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        os.umask(0o077)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if server.drop:
+            os.setgroups([])
+            os.setresgid(server.gid, server.gid, server.gid)
+            os.setresuid(server.uid, server.uid, server.uid)
+        os.environ.clear()
+        os.environ.update(PATH=MIN_PATH, HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8")
+        _fresh_stdio()
+        path = os.path.join(workdir, "solution.py")
+        sys.argv = [path]
+        sys.path.insert(0, workdir)
+        os.write(SETUP_FD, b"ok")
+        os.close(SETUP_FD)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(SETUP_FD, f"{type(e).__name__}: {e}".encode()[:4000] or b"setup failed")
+        finally:
+            os._exit(125)
+    os._exit(_run_program(req, code.decode("utf-8", errors="replace"), path))
+
+
+def _count_own_processes() -> int:
+    uid, n = os.getuid(), 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _fresh_stdio() -> None:
+    import io
+
+    def stream(fd, mode, line_buffering, errors):
+        raw = io.FileIO(fd, mode, closefd=False)
+        buf = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+        return io.TextIOWrapper(buf, encoding="utf-8", errors=errors, line_buffering=line_buffering)
+
+    sys.stdin = sys.__stdin__ = stream(0, "r", False, "strict")
+    sys.stdout = sys.__stdout__ = stream(1, "w", False, "strict")
+    sys.stderr = sys.__stderr__ = stream(2, "w", True, "backslashreplace")
+
+
+def _run_program(req: dict, code: str, path: str) -> int:
+    import atexit
+    import builtins
+    import threading
+    import traceback
+    import types
+
+    test = req.get("test")
+    main = types.ModuleType("__main__" if test is None else "solution")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    g = main.__dict__
+    exit_code = 0
+    try:
+        exec(compile(code, path, "exec"), g)
+        if test is not None:
+            payload = _run_test(test, g)
+            sys.stdout.write("\n" + req["nonce"] + " " + payload + "\n")
+    except SystemExit as e:
+        exit_code = _exit_code(e)
+    except BaseException as e:  # noqa: BLE001 - the program's own error: print it like python does
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+        exit_code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, like interpreter exit
+        atexit._run_exitfuncs()
+    except SystemExit as e:
+        exit_code = _exit_code(e)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            exit_code = exit_code or 120
+    return exit_code
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    try:
+        print(e.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _run_test(test: dict, g: dict) -> str:
+    if test["kind"] == "call":
+        name = test["fn_name"]
+        sol = g.get("Solution")
+        if isinstance(sol, type) and hasattr(sol, name):
+            fn = getattr(sol(), name)
+        elif callable(g.get(name)):
+            fn = g[name]
+        else:
+            raise NameError(f"function {name!r} is not defined by the program")
+        result = fn(*json.loads(test["args"]))
+        return json.dumps(result, default=_jsonable)
+    if test["kind"] == "assert":
+        exec(compile(test["script"], "test.py", "exec"), g)
+        entry = test.get("entry_point")
+        if entry:
+            if entry not in g:
+                raise NameError(f"name {entry!r} is not defined by the program")
+            g["check"](g[entry])
+        return "passed"
+    raise ValueError(f"unknown test kind {test['kind']!r}")
+
+
+def _jsonable(value):
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "__iter__"):
+        return list(value)
+    return repr(value)
+
+
+def main(argv: list[str]) -> None:
+    fd = int(argv[0])
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    server = Server(sock, namespaces="--no-namespaces" not in argv, drop="--no-drop" not in argv)
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keeps the children's copy-on-write pages shared
+    try:
+        server.serve()
+    finally:
+        shutil.rmtree(server.workroot, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

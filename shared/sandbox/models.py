@@ -1,0 +1,110 @@
+"""What goes into a run and what comes out: limits, run results, judgements."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorafleet.shared.problems import Limits
+
+RunVerdict = Literal["ok", "time_limit", "memory_limit", "runtime_error", "output_limit", "sandbox_error"]
+JudgeVerdict = Literal[
+    "passed", "wrong_answer", "time_limit", "memory_limit", "runtime_error", "output_limit", "sandbox_error"
+]
+
+# Every layer the sandbox can put around a run; `require_isolation` demands all of them.
+ALL_LAYERS = (
+    "process_group",
+    "pid_namespace",
+    "net_namespace",
+    "mount_namespace",
+    "ipc_namespace",
+    "uts_namespace",
+    "private_tmp",
+    "uid_drop",
+    "no_new_privs",
+    "clean_env",
+    "private_workdir",
+    "rlimits",
+    "wall_clock",
+    "output_cap",
+)
+
+MiB = 1024 * 1024
+
+
+class RunLimits(BaseModel):
+    """Limits of one run. CPU time is the verdict's clock; the wall clock is the backstop for sleepers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_s: float = Field(default=4.0, gt=0, le=600, description="CPU seconds (RLIMIT_CPU plus a measured check)")
+    wall_s: float | None = Field(default=None, gt=0, le=1200, description="wall clock; default 2 x time_s + 1")
+    memory_mb: int = Field(default=512, ge=32, le=65536, description="address space per process (RLIMIT_AS)")
+    output_bytes: int = Field(default=4 * MiB, ge=1024, description="stdout cap, enforced while reading")
+    stderr_bytes: int = Field(default=256 * 1024, ge=1024, description="stderr cap, enforced while reading")
+    file_size_mb: int = Field(default=64, ge=1, description="largest file the program may write (RLIMIT_FSIZE)")
+    open_files: int = Field(default=64, ge=16, description="RLIMIT_NOFILE")
+    processes: int = Field(default=16, ge=2, description="processes + threads of the run (RLIMIT_NPROC)")
+    require_isolation: bool = Field(default=False, description="refuse to run unless every isolation layer is active")
+
+    @classmethod
+    def from_problem(cls, limits: Limits | None, **overrides: object) -> RunLimits:
+        if limits is None:
+            return cls(**overrides)  # type: ignore[arg-type]
+        return cls(time_s=limits.time_s, memory_mb=limits.memory_mb, **overrides)  # type: ignore[arg-type]
+
+    @property
+    def effective_wall_s(self) -> float:
+        return self.wall_s if self.wall_s is not None else 2 * self.time_s + 1
+
+    def wire(self) -> dict:
+        return {
+            "cpu_s": self.time_s,
+            "wall_s": self.effective_wall_s,
+            "memory_bytes": self.memory_mb * MiB,
+            "fsize_bytes": self.file_size_mb * MiB,
+            "nofile": self.open_files,
+            "nproc": self.processes,
+            "stdout_cap": self.output_bytes,
+            "stderr_cap": self.stderr_bytes,
+        }
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: RunVerdict
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    max_rss_kb: int = 0
+    isolation: list[str] = Field(default_factory=list)
+    detail: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    def public(self) -> dict:
+        """The JSON object `lorafleet sandbox run --json` prints (exactly these keys)."""
+        return self.model_dump(include={"verdict", "exit_code", "stdout", "stderr", "wall_ms", "cpu_ms", "isolation"})
+
+
+class Judgement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: JudgeVerdict
+    passed_tests: int
+    total_tests: int
+    detail: str = ""
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    failed_test: int | None = Field(default=None, description="index of the first failing test")
+    isolation: list[str] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"

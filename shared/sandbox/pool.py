@@ -1,0 +1,283 @@
+"""Harness side: warm fork servers, a pool of them, and the Sandbox that runs and judges code on it."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.problems import TestCase
+from lorafleet.shared.sandbox import _server
+from lorafleet.shared.sandbox.models import ALL_LAYERS, Judgement, RunLimits, RunResult
+from lorafleet.shared.sandbox.verdicts import grade, run_result
+
+SERVER_PATH = Path(_server.__file__).resolve()
+SERVER_ENV = {"PATH": _server.MIN_PATH, "LANG": "C.UTF-8"}
+STARTUP_TIMEOUT_S = 60.0
+JudgeItem = tuple  # (code, tests) | (code, tests, limits) | (code, tests, limits, exact)
+
+
+class IsolationUnavailable(LorafleetError):
+    """`require_isolation` was asked for and a layer is missing."""
+
+
+def machine_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServerDied(Exception):
+    pass
+
+
+class ForkServer:
+    """One warm server process (and, with namespaces, its own pid/net/mount/ipc/uts namespaces)."""
+
+    def __init__(self, namespaces: bool = True, drop_privileges: bool = True) -> None:
+        ours, theirs = socket.socketpair()
+        args = [sys.executable, "-I", str(SERVER_PATH), str(theirs.fileno())]
+        if not namespaces:
+            args.append("--no-namespaces")
+        if not drop_privileges:
+            args.append("--no-drop")
+        try:
+            self.proc = subprocess.Popen(
+                args, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=SERVER_ENV, cwd="/", start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.sock.settimeout(STARTUP_TIMEOUT_S)
+        try:
+            hello = _server.recv_msg(self.sock)
+        except OSError as e:
+            self.close()
+            raise ServerDied(f"sandbox server did not start: {e}") from e
+        if hello is None:
+            self.close()
+            raise ServerDied(f"sandbox server exited at start (code {self.proc.wait()})")
+        info = hello[0]
+        self.layers: list[str] = [x for x in ALL_LAYERS if x in info["layers"]]
+        self.uid: int = info["uid"]
+        self.workroot: str = info["workroot"]
+        self.pidns: bool = info["pidns"]
+        self.pid = self.proc.pid
+
+    def execute(self, code: str, stdin: str, limits: RunLimits, test: dict | None, nonce: str) -> tuple[dict, list[bytes]]:
+        req = {"limits": limits.wire(), "test": test, "nonce": nonce}
+        self.sock.settimeout(limits.effective_wall_s + 30.0)
+        try:
+            _server.send_msg(self.sock, req, (code.encode("utf-8", errors="surrogatepass"), stdin.encode("utf-8", errors="surrogatepass")))
+            msg = _server.recv_msg(self.sock)
+        except OSError as e:
+            raise ServerDied(f"sandbox server failed: {e}") from e
+        if msg is None:
+            raise ServerDied("sandbox server exited during a run")
+        return msg
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # the namespace's pid 1 dies with it (PDEATHSIG)
+                self.proc.wait(timeout=5)
+            if not self.pidns:  # on the host: its working root would outlive a killed server
+                shutil.rmtree(self.workroot, ignore_errors=True)
+
+
+class Sandbox:
+    """Runs untrusted code on a pool of warm fork servers. Thread-safe; `close()` stops the servers."""
+
+    def __init__(self, namespaces: bool = True, drop_privileges: bool = True, max_servers: int = 64) -> None:
+        self.namespaces = namespaces
+        self.drop_privileges = drop_privileges
+        self.max_servers = max_servers
+        self._idle: list[ForkServer] = []
+        self._all: set[ForkServer] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    # -------------------------------------------------------------- pool
+
+    def _acquire(self) -> ForkServer:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise LorafleetError("the sandbox is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._all) < self.max_servers:
+                    break
+                self._cond.wait()
+        try:
+            server = ForkServer(self.namespaces, self.drop_privileges)
+        except BaseException:
+            with self._cond:
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._all.add(server)
+        return server
+
+    def _release(self, server: ForkServer, healthy: bool) -> None:
+        with self._cond:
+            if healthy and not self._closed:
+                self._idle.append(server)
+            else:
+                self._all.discard(server)
+            self._cond.notify()
+        if not healthy or self._closed:
+            server.close()
+
+    def warm(self, n: int) -> None:
+        """Start n servers now (so the first runs don't pay the start-up)."""
+        servers = [self._acquire() for _ in range(n)]
+        for s in servers:
+            self._release(s, True)
+
+    def servers(self) -> list[ForkServer]:
+        with self._cond:
+            return list(self._all)
+
+    def layers(self) -> list[str]:
+        server = self._acquire()
+        self._release(server, True)
+        return list(server.layers)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            servers, self._idle, self._all = list(self._all), [], set()
+            self._cond.notify_all()
+        for s in servers:
+            s.close()
+
+    # -------------------------------------------------------------- runs
+
+    def _execute(self, code: str, stdin: str, limits: RunLimits, test: dict | None, nonce: str) -> RunResult:
+        try:
+            server = self._acquire()
+        except ServerDied as e:
+            return RunResult(verdict="sandbox_error", detail=str(e))
+        if limits.require_isolation:
+            missing = [layer for layer in ALL_LAYERS if layer not in server.layers]
+            if missing:
+                self._release(server, True)
+                raise IsolationUnavailable(
+                    f"refusing to run: isolation layers unavailable: {', '.join(missing)} "
+                    "(run as root on Linux with namespaces enabled, or drop --require-isolation)"
+                )
+        try:
+            head, blobs = server.execute(code, stdin, limits, test, nonce)
+        except ServerDied as e:
+            self._release(server, False)
+            return RunResult(verdict="sandbox_error", detail=str(e), isolation=server.layers)
+        self._release(server, True)
+        return run_result(head, blobs[0], blobs[1], limits, list(server.layers))
+
+    def run(self, code: str, stdin: str = "", limits: RunLimits | None = None) -> RunResult:
+        return self._execute(code, stdin, limits or RunLimits(), None, "")
+
+    def judge(self, code: str, tests: Sequence[TestCase], limits: RunLimits | None = None, exact: bool = False,
+              fail_fast: bool = True) -> Judgement:
+        """Run every test (stopping at the first failure unless fail_fast=False); the first failure decides."""
+        limits = limits or RunLimits()
+        t0 = time.monotonic()
+        passed, cpu_ms, first_fail, layers = 0, 0.0, None, []
+        if not tests:
+            return Judgement(verdict="sandbox_error", passed_tests=0, total_tests=0, detail="no tests to judge")
+        for i, test in enumerate(tests):
+            nonce = secrets.token_hex(16)
+            stdin, wire = _wire_test(test)
+            result = self._execute(code, stdin, limits, wire, nonce)
+            layers = result.isolation
+            cpu_ms += result.cpu_ms
+            verdict, detail = grade(test, result, nonce, exact)
+            if verdict == "passed":
+                passed += 1
+                continue
+            if first_fail is None:
+                first_fail = (i, verdict, detail)
+            if fail_fast or verdict in ("time_limit", "sandbox_error"):
+                break
+        wall_ms = (time.monotonic() - t0) * 1000
+        if first_fail is None:
+            return Judgement(verdict="passed", passed_tests=passed, total_tests=len(tests), wall_ms=wall_ms,
+                             cpu_ms=cpu_ms, isolation=layers)
+        i, verdict, detail = first_fail
+        return Judgement(verdict=verdict, passed_tests=passed, total_tests=len(tests), detail=f"test {i}: {detail}",
+                         wall_ms=wall_ms, cpu_ms=cpu_ms, failed_test=i, isolation=layers)
+
+    def judge_many(self, items: Iterable[JudgeItem], limits: RunLimits | None = None, workers: int | None = None,
+                   exact: bool = False, fail_fast: bool = True) -> list[Judgement]:
+        """Judge many (code, tests[, limits[, exact]]) items on `workers` servers; results in input order."""
+        items = list(items)
+        workers = max(1, min(workers or machine_workers(), len(items) or 1))
+
+        def one(item: JudgeItem) -> Judgement:
+            code, tests, *rest = item
+            lim = rest[0] if rest and rest[0] is not None else limits
+            ex = rest[1] if len(rest) > 1 else exact
+            return self.judge(code, tests, lim, ex, fail_fast)
+
+        if workers == 1:
+            return [one(it) for it in items]
+        with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
+            return list(pool.map(one, items))
+
+    async def ajudge_many(self, items: Iterable[JudgeItem], limits: RunLimits | None = None,
+                          workers: int | None = None, exact: bool = False, fail_fast: bool = True) -> list[Judgement]:
+        return await asyncio.to_thread(self.judge_many, list(items), limits, workers, exact, fail_fast)
+
+    async def arun(self, code: str, stdin: str = "", limits: RunLimits | None = None) -> RunResult:
+        return await asyncio.to_thread(self.run, code, stdin, limits)
+
+    async def ajudge(self, code: str, tests: Sequence[TestCase], limits: RunLimits | None = None,
+                     exact: bool = False) -> Judgement:
+        return await asyncio.to_thread(self.judge, code, tests, limits, exact)
+
+
+def _wire_test(test: TestCase) -> tuple[str, dict | None]:
+    """(stdin, the driver's test spec) for one test case."""
+    import json
+
+    if test.kind == "stdio":
+        return test.input or "", None
+    if test.kind == "call":
+        if not test.fn_name:
+            raise LorafleetError("a 'call' test needs fn_name")
+        return "", {"kind": "call", "fn_name": test.fn_name, "args": json.dumps(test.args or [])}
+    if not test.script:
+        raise LorafleetError("an 'assert' test needs script")
+    return "", {"kind": "assert", "script": test.script, "entry_point": test.entry_point}
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process-wide sandbox (full isolation where the machine allows), closed at exit."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Sandbox()
+            atexit.register(_default.close)
+        return _default

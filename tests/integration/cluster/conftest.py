@@ -1,0 +1,39 @@
+"""A 3-node JetStream cluster on loopback, ready for streams (meta leader elected)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+
+from lorafleet.shared.nats_server import start_cluster
+
+
+async def wait_jetstream_ready(urls: list[str], timeout: float = 30.0) -> None:
+    """start_cluster returns once the ports listen; JetStream answers only after a meta leader is elected."""
+    deadline = time.monotonic() + timeout
+    nc = await nats.connect(servers=urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        while True:
+            try:
+                await nc.jetstream(timeout=1.0).account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    servers = start_cluster(tmp_path / "cluster", size=3)
+    try:
+        await wait_jetstream_ready([s.url for s in servers])
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()

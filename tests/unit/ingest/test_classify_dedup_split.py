@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from lorafleet.services.ingest.classify import adapters_for, classify, keyword_hits
+from lorafleet.services.ingest.dedup import NearDuplicates, UnionFind, pick_diverse, solution_key, unique_solutions
+from lorafleet.services.ingest.split import after_cutoff, eval_ids, resolve_cutoff
+
+
+# ------------------------------------------------------------------ classify
+
+def test_whole_words_only():
+    # "dp" inside "adpt", "graph" inside "paragraph", "heap" inside "cheap", "stack" inside "haystack"
+    hits = keyword_hits("Read the paragraph and adpt it; a cheap haystack of primers.")
+    assert hits["algorithms"] == [] and hits["data_structures"] == [] and hits["math"] == []
+    assert keyword_hits("Use DP on the graph")["algorithms"] == ["dp", "graph"]
+
+
+def test_phrases_match_across_spacing_and_hyphens():
+    assert "dynamic programming" in keyword_hits("solve it with dynamic\nprogramming")["algorithms"]
+    assert "priority queue" in keyword_hits("keep a priority-queue of events")["data_structures"]
+
+
+def test_tags_and_keywords():
+    assert classify("anything", ["number theory"]) == ["math"]
+    assert classify("anything", ["Data structures", "greedy"]) == ["algorithms", "data_structures"]
+    # two distinct keywords are needed without a tag; one stray word is not enough
+    assert classify("Print the gcd of a and b modulo 7.", []) == ["math"]
+    assert classify("Print the gcd.", []) == ["python"]
+    assert classify("Reverse the string.", []) == ["python"]
+
+
+def test_routing():
+    assert adapters_for(["python"]) == ["python-lora"]
+    assert adapters_for(["algorithms"]) == ["math-lora"]
+    assert adapters_for(["data_structures", "math"]) == ["python-lora", "math-lora"]
+
+
+# ------------------------------------------------------------------ dedup
+
+def test_solution_key_ignores_comments_and_spacing_not_indentation():
+    a = "x = 1  # one\n\n\nprint( x )\n"
+    assert solution_key(a) == solution_key("x=1\nprint(x)")
+    assert solution_key("if a:\n    x=1\ny=2") != solution_key("if a:\n    x=1\n    y=2")
+    assert solution_key("print('#not a comment')") != solution_key("print('')")
+    kept, removed = unique_solutions([a, "x=1\nprint(x)", "print(2)"])
+    assert kept == [a, "print(2)"] and removed == 1
+    assert solution_key("def f(:\n  (") == solution_key("def f(:\n  (")  # untokenisable code still gets a key
+
+
+def test_near_duplicates_need_agreeing_numbers():
+    nd = NearDuplicates(threshold=0.8)
+    base = "You are given an array of n integers. Find the maximum sum of a contiguous subarray. 1 <= n <= 100000."
+    assert nd.add("a", base) == []
+    assert nd.add("b", "You are given an array of n integers.  Find the maximum sum of a contiguous subarray. 1 <= n <= 100000!") == ["a"]
+    # same words, different constants: a different problem (parameterised families)
+    assert nd.add("c", base.replace("100000", "7")) == []
+    assert nd.add("d", "Completely different: print hello world to the output stream now.") == []
+
+
+def test_union_find_keeps_earliest_root():
+    uf = UnionFind()
+    for i in range(5):
+        uf.add(i)
+    uf.union(3, 1)
+    uf.union(4, 3)
+    assert uf.groups() == {0: [0], 1: [1, 3, 4], 2: [2]}
+
+
+def test_pick_diverse():
+    sols = ["print(sum(map(int, input().split())))", "print(sum(map(int,input().split())) )",
+            "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))", "a,b=input().split()\nprint(int(a)+int(b))"]
+    picked = pick_diverse(sols, 2)
+    assert len(picked) == 2 and picked == pick_diverse(list(reversed(sols)), 2)
+    assert not (picked[0].startswith("print(sum(map") and picked[1].startswith("print(sum(map"))
+    assert pick_diverse(sols[:1], 3) == sols[:1]
+
+
+# ------------------------------------------------------------------ split
+
+def test_split_is_seeded_order_independent_and_proportional():
+    ids = [f"p{i}" for i in range(200)]
+    e1 = eval_ids(ids, 0.1, seed=42)
+    assert len(e1) == 20 and e1 == eval_ids(list(reversed(ids)), 0.1, seed=42)
+    assert e1 != eval_ids(ids, 0.1, seed=7)
+    assert len(eval_ids(["a", "b"], 0.1, 0)) == 1 and eval_ids(["a"], 0.1, 0) == set()
+
+
+def test_cutoff():
+    assert resolve_cutoff(None, ["2021-01-01", None, "2022-05-01"]) == "2022-05-01"
+    assert resolve_cutoff("2023-01-01", ["2022-05-01"]) == "2023-01-01"
+    assert resolve_cutoff(None, [None]) is None
+    assert after_cutoff("2024-03-01", "2023-12-31") and not after_cutoff("2023-12-31", "2023-12-31")
+    assert not after_cutoff(None, "2023-01-01") and after_cutoff(None, None)
