@@ -288,7 +288,7 @@ class ObjectStoreArtifacts(_Base):
                 self._stores[bucket] = await js.object_store(bucket)
             except (BucketNotFoundError, NotFoundError):
                 if not create:
-                    raise ArtifactError(f"artifact bucket {bucket!r} does not exist on this NATS server") from None
+                    raise ArtifactError(f"artifact not found: bucket {bucket!r} does not exist on this NATS server") from None
                 self._stores[bucket] = await js.create_object_store(
                     bucket, config=ObjectStoreConfig(storage=StorageType.FILE, replicas=self.settings.stream_replicas),
                 )

@@ -72,20 +72,36 @@ def subject_of(event: Event) -> str:
 # --------------------------------------------------------------------------- connection
 
 
-async def connect(settings: Settings, *, name: str = "lorafleet", **kwargs: Any) -> NatsClient:
+async def _quiet_error(exc: Exception) -> None:
+    log.info("nats: %s: %s", type(exc).__name__, exc)
+
+
+def _unreachable(servers: list[str], exc: BaseException) -> LorafleetError:
+    return LorafleetError(
+        f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}: {exc or 'no servers available'}): "
+        "start it with `lorafleet up` or point LORAFLEET_NATS_URL / --nats-url at a running server"
+    )
+
+
+def keep_reconnecting(nc: NatsClient) -> None:
+    """After the first connect succeeds, reconnect forever (a service outlives server restarts)."""
+    nc.options["max_reconnect_attempts"] = -1
+
+
+async def connect(settings: Settings, *, name: str = "lorafleet", reconnect_forever: bool = True) -> NatsClient:
     """A nats-py client to the configured server(s); unreachable = LorafleetError with the fix."""
     servers = resolve_servers(settings)
     try:
-        return await nats.connect(
+        # nats-py retries a failing *first* connect forever unless attempts are bounded (0 means unbounded).
+        nc = await nats.connect(
             servers=servers, name=name, connect_timeout=settings.connect_timeout_s,
-            max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
-            allow_reconnect=True, **kwargs,
+            max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=_quiet_error,
         )
     except Exception as exc:  # NoServersError, OSError, TimeoutError: all mean the same to a user
-        raise LorafleetError(
-            f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}: {exc or 'no servers available'}): "
-            "start it with `lorafleet up` or point LORAFLEET_NATS_URL / --nats-url at a running server"
-        ) from exc
+        raise _unreachable(servers, exc) from exc
+    if reconnect_forever:
+        keep_reconnecting(nc)
+    return nc
 
 
 def resolve_servers(settings: Settings) -> list[str]:
@@ -136,7 +152,7 @@ async def ensure_infrastructure(settings: Settings) -> None:
     """What `lorafleet up` creates before any service starts: the streams and the artifact bucket."""
     from lorafleet.shared.artifacts import ObjectStoreArtifacts, open_store
 
-    nc = await connect(settings, name="lorafleet-setup", max_reconnect_attempts=0)
+    nc = await connect(settings, name="lorafleet-setup", reconnect_forever=False)
     try:
         js = nc.jetstream()
         await ensure_stream(js, settings)
@@ -323,6 +339,13 @@ def _outcomes(result: Event | Iterable[Event] | None) -> list[Event]:
     return list(result)
 
 
+def _framework_logger(service: str) -> logging.Logger:
+    """FastStream's own chatter (per-message and shutdown lines) only at WARNING and above."""
+    logger = logging.getLogger(f"lorafleet.bus.{service}")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
 class Runner:
     """One running replica of a service: FastStream broker + pull subscriber on the durable consumer."""
 
@@ -343,8 +366,8 @@ class Runner:
         servers = resolve_servers(settings)
         broker = NatsBroker(
             servers, name=f"lorafleet-{service.name}", connect_timeout=settings.connect_timeout_s,
-            max_reconnect_attempts=-1, logger=logging.getLogger(f"lorafleet.{service.name}"),
-            log_level=logging.DEBUG,
+            max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=_quiet_error,
+            logger=_framework_logger(service.name), log_level=logging.DEBUG,
         )
         if service.handlers:
             config = service.consumer_config(settings)
@@ -364,12 +387,10 @@ class Runner:
         try:
             await broker.connect()
         except Exception as exc:
-            raise LorafleetError(
-                f"cannot reach NATS at {', '.join(servers)} ({type(exc).__name__}: {exc}): "
-                "start it with `lorafleet up` or point LORAFLEET_NATS_URL / --nats-url at a running server"
-            ) from exc
+            raise _unreachable(servers, exc) from exc
         state = broker.config.connection_state
         nc, js = state.connection, state.stream
+        keep_reconnecting(nc)
         await ensure_stream(js, settings)
         if service.handlers:
             # Create or update (e.g. new handler subjects, new max_deliver) before FastStream binds.

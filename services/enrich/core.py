@@ -176,6 +176,14 @@ def has_reasoning(example: TrainExample) -> bool:
     return bool(example.reasoning and example.reasoning.strip())
 
 
+def is_transient(reason: str) -> bool:
+    """Would asking again later help? A 4xx other than 408/409/425/429 (e.g. a prompt longer than the
+    model's context) fails the same way every time; timeouts, dropped connections, 429 and 5xx don't."""
+    return not (reason.startswith("http_4") and reason not in ("http_408", "http_409", "http_425", "http_429"))
+
+
 def too_many_failures(stats: Stats, max_failed_fraction: float) -> bool:
+    """Too many examples failed for reasons a later retry could fix: the job should be retried, not shipped."""
     asked = stats.total - stats.outcomes["passthrough"]
-    return asked > 0 and stats.failed / asked > max_failed_fraction
+    transient = sum(n for reason, n in stats.failed_by.items() if is_transient(reason))
+    return asked > 0 and transient / asked > max_failed_fraction

@@ -136,15 +136,17 @@ async def enrich_examples(
                 settle(i, "generated" if fresh else "cached", core.clean_trace(completion.text))
 
     tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(cfg.concurrency, len(examples))))]
+    flusher = asyncio.create_task(cache.flush_periodically())
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
-        for task in tasks:
+        for task in (*tasks, flusher):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, flusher, return_exceptions=True)
+        cache.flush()
 
     assert all(e is not None for e in out), "every example must settle"
     return out, stats  # type: ignore[return-value]

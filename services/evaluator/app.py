@@ -41,8 +41,11 @@ service = Service("evaluator", bootstrap=bootstrap)
 
 
 def _failed(event: Event, error: str, adapter_name: str | None) -> StageFailed:
-    return event.follow(StageFailed, 0, stage="evaluation", adapter_name=adapter_name, error=error,
-                        retriable=False, input_event_id=event.event_id)
+    failed = event.follow(StageFailed, 0, stage="evaluation", adapter_name=adapter_name, error=error,
+                          retriable=False, input_event_id=event.event_id)
+    if isinstance(event, EvalShardRequested):  # every shard of a broken evaluation fails alike: record it once
+        failed = failed.model_copy(update={"event_id": derive_id(event.evaluation_id, "evaluation.failed")})
+    return failed
 
 
 async def _kv(ctx: Context):
@@ -155,6 +158,8 @@ async def on_eval_shard_requested(event: EvalShardRequested, ctx: Context) -> li
     result = await run_evaluation(problems, backend, params, deps.judge, greedy=ev.greedy, chunk_size=ev.batch_size,
                                   evaluation_id=event.evaluation_id, shard_index=event.shard_index)
     result.meta["replica"] = deps.replica
+    log.info("evaluation %s shard %d/%d: %d problems scored on %s", event.evaluation_id, event.shard_index + 1,
+             event.shard_count, len(problems), deps.replica)
     ref = await _put_json(ctx, result.model_dump(mode="json"),
                           f"evaluations/{event.evaluation_id}/shard-{event.shard_index:05d}.json")
     return [event.follow(EvalShardDone, 0, evaluation_id=event.evaluation_id, shard_index=event.shard_index,
@@ -205,6 +210,7 @@ async def on_eval_shard_done(event: EvalShardDone, ctx: Context) -> list[Event]:
 
 
 async def _aggregate(ctx: Context, progress: EvalProgress) -> AdapterEvaluated:
+    log.info("aggregating evaluation %s (%d shards)", progress.evaluation_id, progress.shard_count)
     shards = [ShardResult.model_validate_json((await _local_file(ctx, ref, f"shard-{i}.json")).read_text())
               for i, ref in sorted(progress.done.items(), key=lambda kv: int(kv[0]))]
     first = shards[0]

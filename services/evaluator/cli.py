@@ -125,6 +125,8 @@ def run_cmd(
     workers: Annotated[Optional[int], typer.Option("--workers", help="sandbox workers")] = None,
 ) -> None:
     """Evaluate base vs base+adapter on a problem set and write the report (no bus)."""
+    from pydantic import ValidationError
+
     from lorafleet.shared.config import EvaluationSection, GateSection, load_config
 
     ks = parse_ks(k)
@@ -134,11 +136,15 @@ def run_cmd(
         cfg = load_config(config)
         ev, gate = cfg.evaluation, cfg.gate
     else:
-        ev, gate = EvaluationSection(n=n, k=ks, backend=backend), GateSection()  # type: ignore[arg-type]
+        ev, gate = EvaluationSection(), GateSection()
     updates = {name: val for name, val in dict(n=n, k=ks, backend=backend, endpoint=endpoint, temperature=temperature,
                                                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, greedy=greedy).items()
                if val is not None}
-    ev = EvaluationSection.model_validate({**ev.model_dump(), **updates})
+    try:
+        ev = EvaluationSection.model_validate({**ev.model_dump(), **updates})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise LorafleetError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
     asyncio.run(_run(ev, gate, adapter, base, problems, source, out, limit, load_adapter, adapter_path, workers))
 
 

@@ -41,7 +41,8 @@ def _variants(results: list[ProblemResult]) -> dict[str, list[ProblemResult]]:
     out: dict[str, list[ProblemResult]] = {}
     for r in results:
         out.setdefault(r.variant, []).append(r)
-    return dict(sorted(out.items()))
+    order = {"base": 0, "adapter": 1, "samples": 2}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 9)))
 
 
 def _plots(report: dict[str, Any], results: list[ProblemResult], out: Path) -> list[tuple[str, str]]:
@@ -70,7 +71,7 @@ def _plots(report: dict[str, Any], results: list[ProblemResult], out: Path) -> l
             ax.plot(ks, ys, marker="o", label=v, color=COLORS.get(v))
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k (unbiased)")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -55,22 +55,33 @@ ROUTES: dict[str, tuple[str, ...]] = {
 DOMAINS = ("python", "math", "algorithms", "data_structures")
 
 
-def _pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
-    # A phrase matches with any whitespace/hyphen between its words, never inside a word.
-    alts = sorted((r"[\s\-]+".join(map(re.escape, re.split(r"[\s\-]+", p))) for p in phrases), key=len, reverse=True)
-    return re.compile(r"(?<![\w])(?:" + "|".join(alts) + r")(?![\w])", re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+")
 
 
-_KEYWORD_RE = {domain: _pattern(words) for domain, words in KEYWORDS.items()}
+def _words(phrase: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(phrase.lower()))
+
+
+# first word -> [(phrase as a word tuple, domain, canonical spelling)]
+_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str, str]]] = {}
+for _domain, _phrases in KEYWORDS.items():
+    for _p in _phrases:
+        _w = _words(_p)
+        _BY_FIRST.setdefault(_w[0], []).append((_w, _domain, " ".join(_w)))
 _TAG_SETS = {domain: frozenset(tags) for domain, tags in TAGS.items()}
 
 
 def keyword_hits(statement: str) -> dict[str, list[str]]:
-    """Which whole-word keywords of each domain the statement contains (for explaining a label)."""
-    def canon(hit: str) -> str:
-        return " ".join(re.split(r"[\s\-]+", hit.lower()))
-
-    return {d: sorted({canon(m.group(0)) for m in rx.finditer(statement)}) for d, rx in _KEYWORD_RE.items()}
+    """Which keywords of each domain the statement contains, as whole words: the statement
+    is split into words and a phrase matches a run of consecutive words, so "dp" never
+    matches inside "adpt" and spacing, line breaks or hyphens between words don't matter."""
+    words = _WORD.findall(statement.lower())
+    hits: dict[str, set[str]] = {d: set() for d in KEYWORDS}
+    for i, w in enumerate(words):
+        for phrase, domain, canon in _BY_FIRST.get(w, ()):
+            if len(phrase) == 1 or tuple(words[i:i + len(phrase)]) == phrase:
+                hits[domain].add(canon)
+    return {d: sorted(v) for d, v in hits.items()}
 
 
 def classify(statement: str, tags: list[str], min_keyword_hits: int = 2) -> list[str]:

@@ -111,5 +111,6 @@ def register(groups: dict[str, typer.Typer]) -> None:
 
         cfg = load_config(config)
         with _progress(True) as progress:
-            report = build_dataset(cfg.data, judge=_judge(cfg.data.verify.enabled, workers), out_dir=out, progress=progress)
+            judge = _judge(cfg.data.verify.enabled, workers or cfg.data.verify.workers)
+            report = build_dataset(cfg.data, judge=judge, out_dir=out, progress=progress)
         _print(report, as_json)

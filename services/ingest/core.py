@@ -126,6 +126,7 @@ class _Entry:
     source: str
     contest_date: str | None
     contaminated: bool
+    domains: tuple[str, ...] = ()
 
 
 def _example(problem: Problem, index: int, code: str) -> TrainExample:
@@ -161,8 +162,12 @@ def _merge(members: list[Problem], max_solutions: int, stats: Stats) -> Problem:
     })
 
 
+def _in_domains_of(have: Iterable[str], wanted: list[str]) -> bool:
+    return not wanted or bool(set(have) & set(wanted))
+
+
 def _in_domains(problem: Problem, domains: list[str]) -> bool:
-    return not domains or bool(set(problem.domains) & set(domains))
+    return _in_domains_of(problem.domains, domains)
 
 
 def build(
@@ -207,8 +212,8 @@ def build(
 
 def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spool, val_spool):
     dedup_cfg = data.dedup
-    val_index = NearDuplicates(dedup_cfg.threshold, dedup_cfg.num_perm)
-    train_index = NearDuplicates(dedup_cfg.threshold, dedup_cfg.num_perm)
+    val_index = NearDuplicates(dedup_cfg.threshold, dedup_cfg.num_perm, dedup_cfg.number_agreement)
+    train_index = NearDuplicates(dedup_cfg.threshold, dedup_cfg.num_perm, dedup_cfg.number_agreement)
     uf = UnionFind()
     entries: list[_Entry] = []
     val_entries: list[_Entry] = []
@@ -235,9 +240,10 @@ def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spoo
             return
         idx = len(entries)
         uf.add(idx)
-        contaminated = bool(val_index.matches(p.statement)) if data.decontaminate and len(val_index) else False
-        entries.append(_Entry(train_spool.put(p), p.id, p.source, p.contest_date, contaminated))
-        for other in train_index.add(str(idx), p.statement):
+        sig = train_index.signature(p.statement)
+        contaminated = bool(val_index.matches(sig)) if data.decontaminate and len(val_index) else False
+        entries.append(_Entry(train_spool.put(p), p.id, p.source, p.contest_date, contaminated, tuple(p.domains)))
+        for other in train_index.add(str(idx), sig):
             uf.union(idx, int(other))
 
     # Validation sources first, so every training problem is checked against all of them as it arrives.
@@ -263,7 +269,7 @@ def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spoo
                 tests = select_tests(problem, data.verify.max_tests_per_problem)
                 val_entries.append(_Entry(val_spool.put(problem.model_copy(update={"tests": tests, "solutions": []})),
                                           problem.id, problem.source, problem.contest_date, False))
-                val_index.add(problem.id, problem.statement)
+                val_index.add(problem.id, val_index.signature(problem.statement))
                 continue
             stats.solutions += len(problem.solutions)
             stats.sources[name]["solutions"] += len(problem.solutions)
@@ -282,23 +288,32 @@ def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spoo
 def _finish(entries, val_entries, uf, data, domains, min_examples, stats, out_dir,
             train_spool, val_spool, merged_spool, sources, started):
     stats.cutoff = resolve_cutoff(data.validation_cutoff, (e.contest_date for e in entries))
-    kept: list[tuple[str, int]] = []  # (problem id, offset in merged spool)
+    kept: list[tuple[str, _Spool, int]] = []  # (problem id, where it is, offset)
     for root, members in sorted(uf.groups().items()):
         if any(entries[m].contaminated for m in members):
             stats.decontaminated += len(members)
+            continue
+        if len(members) == 1:  # most problems: nothing to merge, no need to read them yet
+            e = entries[root]
+            if not _in_domains_of(e.domains, domains):
+                stats.out_of_domain += 1
+                continue
+            kept.append((e.id, train_spool, e.offset))
             continue
         merged = _merge([train_spool.get(entries[m].offset) for m in sorted(members)],
                         data.max_solutions_per_problem, stats)
         if not _in_domains(merged, domains):
             stats.out_of_domain += 1
             continue
-        kept.append((merged.id, merged_spool.put(merged)))
+        kept.append((merged.id, merged_spool, merged_spool.put(merged)))
 
-    to_eval = eval_ids((pid for pid, _ in kept), data.eval_fraction, data.seed)
+    to_eval = eval_ids((pid for pid, _, _ in kept), data.eval_fraction, data.seed)
     writer = DatasetWriter(out_dir) if out_dir is not None else None
     try:
-        for pid, offset in kept:
-            p = merged_spool.get(offset)
+        for pid, spool, offset in kept:
+            p = spool.get(offset)
+            if len(p.solutions) > data.max_solutions_per_problem:
+                p = p.model_copy(update={"solutions": pick_diverse(p.solutions, data.max_solutions_per_problem)})
             side = "eval" if pid in to_eval else "train"
             for i, code in enumerate(p.solutions):
                 if writer:

@@ -11,32 +11,30 @@ numbers to mostly agree. Formatting changes between sources ("$1 \\le n$" vs
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import tokenize
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHashLSH
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9$\\{}]")  # words and symbols; TeX markup dropped
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_SKIP_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+# One pass over the source: string literals kept verbatim, comments dropped, spaces inside
+# a line dropped, a newline and the indentation after it kept (indentation is syntax).
+_CODE_TOKEN = re.compile(
+    r"""(?P<str>[rRbBuUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))"""
+    r"|(?P<comment>\#[^\n]*)|(?P<nl>\n[ \t]*)|(?P<ws>[ \t]+)"
+)
+
+
+def _canon_token(m: re.Match[str]) -> str:
+    return "" if m.lastgroup in ("comment", "ws") else m.group(0)
 
 
 def solution_key(code: str) -> str:
-    """Identical keys = the same program up to comments, blank lines and spacing."""
-    try:
-        parts = [
-            tok.string if tok.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE) else f"\x00{tok.type}"
-            for tok in tokenize.generate_tokens(io.StringIO(code).readline)
-            if tok.type not in _SKIP_TOKENS
-        ]
-        canon = "\x01".join(parts)
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        lines = (ln.rstrip() for ln in code.splitlines())
-        canon = "\n".join(ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    """Identical keys = the same program up to comments, blank lines and spacing within lines."""
+    canon = _CODE_TOKEN.sub(_canon_token, "\n" + code.replace("\r\n", "\n"))
+    canon = "\n".join(line for line in canon.split("\n") if line.strip())
     return hashlib.sha1(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -52,25 +50,58 @@ def unique_solutions(solutions: list[str]) -> tuple[list[str], int]:
     return kept, len(solutions) - len(kept)
 
 
-def shingles(statement: str, n: int = 3) -> set[bytes]:
+_MERSENNE = np.uint64((1 << 61) - 1)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
+_PERMUTATIONS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_WORD_HASHES: dict[str, int] = {}  # statements share most of their vocabulary
+_WORD_CACHE_MAX = 1 << 20
+
+
+def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    if num_perm not in _PERMUTATIONS:  # the same (a, b) draw as datasketch's seed-1 MinHash
+        gen = np.random.RandomState(1)
+        a = gen.randint(1, _MERSENNE, size=num_perm, dtype=np.uint64)
+        b = gen.randint(0, _MERSENNE, size=num_perm, dtype=np.uint64)
+        _PERMUTATIONS[num_perm] = (a, b)
+    return _PERMUTATIONS[num_perm]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A statement's MinHash (word 3-gram shingles) and its set of numbers."""
+
+    hashvalues: np.ndarray  # uint64, each < 2**32
+    numbers: frozenset[str]
+
+
+def signature(statement: str, num_perm: int = 128) -> Signature:
+    """datasketch's legacy MinHash scheme, (a*h + b) mod (2**61 - 1) truncated to 32 bits,
+    computed in one numpy step per statement: a MinHash object per shingle update costs
+    more than the rest of the pipeline. Shingle hashes combine per-word crc32s."""
+    words = _WORD.findall(statement.lower())
+    cache = _WORD_HASHES
+    for w in set(words).difference(cache):
+        if len(cache) >= _WORD_CACHE_MAX:
+            cache.clear()
+        cache[w] = zlib.crc32(w.encode())
+    h = np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+    if len(h) >= 3:
+        with np.errstate(over="ignore"):
+            h = (h[:-2] * _MIX[0] + h[1:-1] * _MIX[1] + h[2:]) & _MASK32
+    elif len(h) == 0:
+        h = np.zeros(1, dtype=np.uint64)
+    a, b = _permutations(num_perm)
+    with np.errstate(over="ignore"):
+        values = ((np.unique(h)[:, None] * a + b) % _MERSENNE & _MASK32).min(axis=0)
+    return Signature(values, frozenset(w for w in words if w.isdigit()))
+
+
+def shingles(statement: str, n: int = 3) -> set[str]:
     words = _WORD.findall(statement.lower())
     if len(words) < n:
-        return {" ".join(words).encode()}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
-
-
-def numbers(statement: str) -> frozenset[str]:
-    return frozenset(_NUMBER.findall(statement))
-
-
-def _crc32(data: bytes) -> int:
-    return zlib.crc32(data)
-
-
-def minhash(statement: str, num_perm: int) -> MinHash:
-    m = MinHash(num_perm=num_perm, hashfunc=_crc32)
-    m.update_batch(list(shingles(statement)))
-    return m
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def _jaccard(a: frozenset, b: frozenset) -> float:
@@ -88,8 +119,7 @@ class NearDuplicates:
     num_perm: int = 128
     number_agreement: float = 0.5
     _lsh: MinHashLSH = field(init=False)
-    _sigs: dict[str, np.ndarray] = field(default_factory=dict, init=False)
-    _nums: dict[str, frozenset] = field(default_factory=dict, init=False)
+    _sigs: dict[str, Signature] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -97,25 +127,26 @@ class NearDuplicates:
     def __len__(self) -> int:
         return len(self._sigs)
 
-    def matches(self, statement: str, m: MinHash | None = None) -> list[str]:
-        m = m or minhash(statement, self.num_perm)
-        nums = numbers(statement)
-        sig = m.hashvalues.astype(np.uint32)
+    def signature(self, statement: str) -> Signature:
+        return signature(statement, self.num_perm)
+
+    def _lean(self, sig: Signature) -> LeanMinHash:
+        return LeanMinHash(seed=1, hashvalues=sig.hashvalues, scheme="legacy")
+
+    def matches(self, sig: Signature) -> list[str]:
         out = []
-        for key in self._lsh.query(m):
-            similarity = float(np.count_nonzero(self._sigs[key] == sig)) / self.num_perm
-            if similarity >= self.threshold and _jaccard(nums, self._nums[key]) >= self.number_agreement:
+        for key in self._lsh.query(self._lean(sig)):
+            other = self._sigs[key]
+            similarity = float(np.count_nonzero(other.hashvalues == sig.hashvalues)) / self.num_perm
+            if similarity >= self.threshold and _jaccard(sig.numbers, other.numbers) >= self.number_agreement:
                 out.append(key)
         return out
 
-    def add(self, key: str, statement: str) -> list[str]:
-        m = minhash(statement, self.num_perm)
-        found = self.matches(statement, m)
+    def add(self, key: str, sig: Signature) -> list[str]:
+        found = self.matches(sig)
         if key not in self._sigs:
-            self._lsh.insert(key, m)
-            # crc32 hashes keep every permuted value below 2**32: uint32 halves the memory.
-            self._sigs[key] = m.hashvalues.astype(np.uint32)
-            self._nums[key] = numbers(statement)
+            self._lsh.insert(key, self._lean(sig))
+            self._sigs[key] = sig
         return found
 
 

@@ -61,9 +61,8 @@ async def on_adapter_evaluated(event: AdapterEvaluated, ctx: Context) -> list[Ev
     deps = ctx.deps
     store: RegistryStore = deps.store
     try:
-        core.check_name(event.adapter_name)
-        existing, _ = await store.get(event.adapter_name)
-        if existing is not None and event.version in existing.versions:
+        existing, _ = await store.get(core.check_name(event.adapter_name))
+        if core.already_registered(existing, event):
             await store.flush(event.adapter_name)  # redelivery: make sure its events went out
             return []
         info, train_config = await deps.fetch_adapter(ctx.artifacts, event.adapter)

@@ -23,7 +23,7 @@ async def _open():
     from .store import RegistryStore
 
     settings = get_settings()
-    nc = await connect(settings, name="lorafleet-registry-cli", max_reconnect_attempts=0)
+    nc = await connect(settings, name="lorafleet-registry-cli", reconnect_forever=False)
     try:
         js = nc.jetstream()
         await ensure_stream(js, settings)

@@ -88,9 +88,13 @@ def _log(state: AdapterState, now: datetime, action: str, version: int | None, d
     del state.history[:-HISTORY_LIMIT]
 
 
-def _get(state: AdapterState | None, name: str, version: int) -> "Version":
+def _known(state: AdapterState | None, name: str) -> None:
     if state is None:
         raise RegistryError(f"unknown adapter {name!r}: nothing is registered under that name (see `lorafleet registry list`)")
+
+
+def _get(state: AdapterState | None, name: str, version: int) -> "Version":
+    _known(state, name)
     if version not in state.versions:
         known = ", ".join(str(v) for v in sorted(state.versions)) or "none"
         raise RegistryError(f"{name} has no version {version} (known versions: {known})")
@@ -132,6 +136,26 @@ def gate_reasons(ev: AdapterEvaluated) -> list[str]:
     return reasons or ["gate failed"]
 
 
+def already_registered(state: AdapterState | None, ev: AdapterEvaluated) -> bool:
+    """True for a redelivery of a recorded version; raises if the version can't be registered."""
+    name = check_name(ev.adapter_name)
+    if ev.version < 1:
+        raise RegistryError(f"{name} version {ev.version} is invalid: versions start at 1")
+    if state is not None and ev.version in state.versions:
+        existing = state.versions[ev.version]
+        if existing.artifact.sha256 == ev.adapter.sha256:
+            return True
+        raise RegistryError(
+            f"{name} v{ev.version} is already registered with artifact sha256 {existing.artifact.sha256[:12]}…, "
+            f"not {ev.adapter.sha256[:12]}…: versions are immutable, train a new version"
+        )
+    if state is not None and state.versions and ev.version < max(state.versions):
+        raise RegistryError(
+            f"{name} v{ev.version} is older than the latest registered v{max(state.versions)}: versions are monotonic per adapter"
+        )
+    return False
+
+
 def register(
     state: AdapterState | None,
     ev: AdapterEvaluated,
@@ -143,20 +167,8 @@ def register(
 ) -> Change:
     """adapter.evaluated: record the version (candidate, or rejected if the gate failed); maybe start an A/B test."""
     name = check_name(ev.adapter_name)
-    if ev.version < 1:
-        raise RegistryError(f"{name} version {ev.version} is invalid: versions start at 1")
-    if state is not None and ev.version in state.versions:
-        existing = state.versions[ev.version]
-        if existing.artifact.sha256 == ev.adapter.sha256:
-            return Change(state=None, result=existing)  # redelivery: already recorded
-        raise RegistryError(
-            f"{name} v{ev.version} is already registered with artifact sha256 {existing.artifact.sha256[:12]}…, "
-            f"not {ev.adapter.sha256[:12]}…: versions are immutable, train a new version"
-        )
-    if state is not None and state.versions and ev.version < max(state.versions):
-        raise RegistryError(
-            f"{name} v{ev.version} is older than the latest registered v{max(state.versions)}: versions are monotonic per adapter"
-        )
+    if already_registered(state, ev):
+        return Change(state=None, result=state.versions[ev.version])  # redelivery: already recorded
     if ev.gate_passed and lora_int_id is None:
         raise ValueError("a version that passed the gate needs a lora_int_id")
 
@@ -219,6 +231,7 @@ def start_ab(state: AdapterState | None, name: str, version: int | None, traffic
     """Start (or re-target) an A/B test of `version` (default: the running candidate / latest candidate)."""
     if not 0.0 <= traffic <= 1.0:
         raise RegistryError(f"traffic {traffic} is out of range: give a share between 0 and 1 (e.g. 0.2)")
+    _known(state, name)
     if version is None:
         if state is not None and state.ab is not None:
             version = state.ab.candidate
@@ -247,6 +260,7 @@ def start_ab(state: AdapterState | None, name: str, version: int | None, traffic
 
 
 def stop_ab(state: AdapterState | None, name: str, now: datetime) -> Change:
+    _known(state, name)
     if state is None or state.ab is None:
         raise RegistryError(f"{name} has no A/B test running")
     new = _begin(state)
@@ -281,6 +295,7 @@ def _promote(state: AdapterState, version: int, reason: str, stats: dict[str, An
 
 def promote(state: AdapterState | None, name: str, version: int | None, now: datetime, reason: str = "manual") -> Change:
     """Make `version` (default: the A/B candidate) the active version; the old one retires."""
+    _known(state, name)
     if version is None:
         if state is None or state.ab is None:
             raise RegistryError(f"{name} has no A/B candidate to promote: give the VERSION to promote")
@@ -297,8 +312,7 @@ def promote(state: AdapterState | None, name: str, version: int | None, now: dat
 
 def rollback(state: AdapterState | None, name: str, now: datetime, reason: str = "manual") -> Change:
     """The active version retires and the one it replaced becomes active again (walks back the chain)."""
-    if state is None:
-        _get(state, name, 0)
+    _known(state, name)
     assert state is not None
     if state.active is None:
         raise RegistryError(f"{name} has no active version to roll back")
@@ -335,6 +349,9 @@ def _decide(state: AdapterState, settings: RegistrySettings, now: datetime) -> l
         alpha=settings.ab_alpha, min_samples=settings.ab_min_samples,
         max_samples=settings.ab_max_samples, min_effect=settings.ab_min_effect,
     )
+    if result.decision == "continue":
+        return []
+    state.seq += 1  # a transition: fresh event ids
     stats = result.model_dump()
     version = state.ab.candidate
     control = f"v{state.ab.control}" if state.ab.control is not None else "the base model"
@@ -368,7 +385,7 @@ def apply_outcomes(
     if state is None:
         return Change(state=None, dead=[(o.seq, f"unknown adapter {name!r}: nothing is registered under that name")
                                         for o in todo])
-    new = _begin(state)
+    new = state.model_copy(deep=True)
     dead = []
     for o in todo:
         if o.version != BASE_VERSION and o.version not in new.versions:

@@ -23,6 +23,7 @@ from lorafleet.shared import synthetic
 log = logging.getLogger(__name__)
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+NUMBER_TOKENS = 100
 
 # ChatML; the assistant turn *including* <|im_end|> sits inside {% generation %},
 # so assistant_only_loss trains the end-of-turn token (pad != eos keeps it in the loss).
@@ -56,10 +57,29 @@ class Recipe:
     learning_rate: float = 3e-3
     max_length: int = 256
     seed: int = 0
-    version: int = 1  # bump when the corpus generators change
+    version: int = 2  # bump when the corpus generators change
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the recipe *and* the corpus it generates, so editing a problem family or
+        the snippets (shared/synthetic.py) invalidates cached models."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for text in tokenizer_corpus(self):
+            digest.update(text.encode())
+        return digest.hexdigest()[:16]
+
+
+def configure_cpu_threads() -> int:
+    """Torch intra-op threads for CPU training: $LORAFLEET_TORCH_THREADS, else half the cores.
+
+    Measured here (2 cores shared with other jobs): OpenMP threads spin-wait, and with
+    2 threads on a contended 2-core box a tiny-model step took 3 s, with 1 thread 0.35 s."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.get_num_threads()
+    threads = int(os.environ.get("LORAFLEET_TORCH_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def default_cache_dir() -> Path:
@@ -85,23 +105,33 @@ def pretraining_corpus(recipe: Recipe) -> list[str]:
 
 def tokenizer_corpus(recipe: Recipe) -> list[str]:
     """Text the BPE is trained on: the pretraining corpus, the LoRA statements and code of
-    the *training* pairs, and every number up to 999 with a leading space, so whole
-    numbers become single tokens."""
+    the *training* pairs (numbers are added as whole tokens afterwards)."""
     lora = [
         _chat_text(render_messages(p.statement, code=p.solutions[0]))
         for p in synthetic.lora_problems(None, "train")
     ]
-    numbers = [" ".join(f" {n}" for n in range(1000))] * 20
-    return pretraining_corpus(recipe) + lora * 3 + numbers + [SYSTEM_PROMPT] * 10
+    return pretraining_corpus(recipe) + lora * 3 + [SYSTEM_PROMPT] * 10
 
 
 def train_tokenizer(recipe: Recipe):
-    """Byte-level BPE trained locally; ChatML specials; pad (<|endoftext|>) != eos (<|im_end|>)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE trained locally; ChatML specials; pad (<|endoftext|>) != eos (<|im_end|>).
+
+    transformers 5 loads any qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which
+    rebuilds Qwen's pre-tokenizer (one token per digit) whatever tokenizer.json says:
+    the BPE is trained under that same pre-tokenizer so what we train is what loads.
+    Whole numbers up to NUMBER_TOKENS then become single tokens as added tokens
+    " 0" ... " 99" (matched before pre-tokenization, and kept by Qwen2Tokenizer).
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=recipe.vocab_size,
@@ -114,6 +144,7 @@ def train_tokenizer(recipe: Recipe):
         tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, padding_side="right",
         model_max_length=recipe.max_positions,
     )
+    fast.add_tokens([AddedToken(f" {n}", normalized=False, special=False) for n in range(NUMBER_TOKENS)])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -148,6 +179,7 @@ def run_pretraining(model, tokenizer, recipe: Recipe, work_dir: Path) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    configure_cpu_threads()
     texts = pretraining_corpus(recipe)
     args = SFTConfig(
         output_dir=str(work_dir),
@@ -160,7 +192,7 @@ def run_pretraining(model, tokenizer, recipe: Recipe, work_dir: Path) -> dict:
         max_length=recipe.max_length,
         packing=False,
         dataset_text_field="text",
-        logging_steps=50,
+        logging_steps=100,
         save_strategy="no",
         report_to=[],
         seed=recipe.seed,

@@ -219,14 +219,17 @@ def train(job: TrainJob) -> TrainResult:
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
 
+    from lorafleet.services.trainer.tiny_model import configure_cpu_threads
+
     config = job.config
     t, v = config.training, config.validation
+    configure_cpu_threads()
 
     # 1. data
     train_examples = read_jsonl(job.dataset_dir / "train.jsonl", TrainExample)
@@ -238,7 +241,8 @@ def train(job: TrainJob) -> TrainResult:
             f"{config.data.min_examples}: add sources or lower min_examples"
         )
 
-    # 2. model + LoRA
+    # 2. model + LoRA (seeded first: the LoRA init is random, and a rerun must be the same run)
+    set_seed(t.seed)
     tokenizer, model = load_base(config)
     model = get_peft_model(model, lora_config(config))
     rows, stats = supervision_stats(tokenizer, [to_messages(e) for e in train_examples], t.max_seq_length)

@@ -44,6 +44,7 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 # can't starve a run of another server, and "kill every process of this uid" reaches exactly one run.
 UID_BASE = 1_000_000
 SETUP_FD = 3
+T = {}
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -176,6 +177,7 @@ class Server:
     # -------------------------------------------------------------- one run
 
     def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
+        T.clear(); T["start"] = time.monotonic()
         self.counter += 1
         workdir = os.path.join(self.workroot, f"run{self.counter}")
         os.mkdir(workdir, 0o700)
@@ -221,6 +223,7 @@ class Server:
         sys.stderr.flush()
         t0 = time.monotonic()
         pid = os.fork()
+        T["fork"] = time.monotonic()
         if pid == 0:
             try:
                 _child(self, req, code, workdir, (r0, w1, w2, ws))
@@ -267,6 +270,7 @@ class Server:
                     os.close(pidfd)
                     _, status, ru = os.wait4(pid, 0)
                     exited = (status, ru, time.monotonic())
+                    T["exit"] = time.monotonic()
                     # The run ends with its main process: nothing it started may outlive it.
                     self._kill_all(pid)
                     if w0 >= 0:
@@ -314,7 +318,9 @@ class Server:
         if exited is None:  # unreachable unless the drain loop broke early
             _, status, ru = os.wait4(pid, 0)
             exited = (status, ru, time.monotonic())
+        T["loopdone"] = time.monotonic()
         self._reap()
+        T["reaped"] = time.monotonic()
         status, ru, t1 = exited
         setup = os.read(rs, 4096)
         os.close(rs)
@@ -394,6 +400,8 @@ class Server:
                 head, outs = self.execute(req, blobs[0], blobs[1])
             except Exception as e:  # noqa: BLE001 - reported to the harness as sandbox_error
                 head, outs = {"error": f"{type(e).__name__}: {e}"}, (b"", b"")
+            T["end"] = time.monotonic()
+            head["T"] = {k: (v - T["start"]) * 1000 for k, v in T.items()}
             send_msg(self.sock, head, outs)
 
 

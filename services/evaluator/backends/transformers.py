@@ -103,12 +103,16 @@ class TransformersBackend:
         prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sample = not params.is_greedy
+        # greedy decoding gives one answer; n > 1 copies of it, as vLLM returns for temperature 0
+        per_prompt = params.n if sample else 1
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_new_tokens, num_return_sequences=params.n, do_sample=sample,
+            max_new_tokens=params.max_new_tokens, num_return_sequences=per_prompt, do_sample=sample,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         )
-        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0) if sample else kwargs.update(
-            temperature=None, top_p=None, top_k=None)
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)  # top_k=0: off, as in vLLM
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
         timer = _StepTimer()
         torch.manual_seed(batch[0].seed)
         with torch.inference_mode(), self._context(variant):
@@ -121,9 +125,9 @@ class TransformersBackend:
         gen = seqs[:, enc["input_ids"].shape[1]:]
         result = []
         for i in range(len(batch)):
-            rows = gen[i * params.n:(i + 1) * params.n]
+            rows = gen[i * per_prompt:(i + 1) * per_prompt].tolist()
             texts, counts = [], []
-            for row in rows.tolist():
+            for row in rows:
                 length = len(row)
                 if tok.eos_token_id in row:
                     length = row.index(tok.eos_token_id) + 1
@@ -131,5 +135,7 @@ class TransformersBackend:
                     length = row.index(tok.pad_token_id)
                 counts.append(length)
                 texts.append(tok.decode(row[:length], skip_special_tokens=True))
+            if per_prompt != params.n:
+                texts, counts = texts * params.n, counts * params.n
             result.append(Generation(texts=texts, output_tokens=counts, ttft_s=ttft, tpot_s=tpot))
         return result

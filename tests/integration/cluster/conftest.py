@@ -12,13 +12,16 @@ from lorafleet.shared.nats_server import start_cluster
 
 
 async def wait_jetstream_ready(urls: list[str], timeout: float = 30.0) -> None:
-    """start_cluster returns once the ports listen; JetStream answers only after a meta leader is elected."""
+    """start_cluster returns once the ports listen; an R3 stream can be placed only after a
+    meta leader is elected and all peers have joined, so probe with one."""
     deadline = time.monotonic() + timeout
     nc = await nats.connect(servers=urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         while True:
             try:
-                await nc.jetstream(timeout=1.0).account_info()
+                js = nc.jetstream(timeout=2.0)
+                await js.add_stream(name="READY_PROBE", subjects=["ready.probe"], num_replicas=len(urls))
+                await js.delete_stream("READY_PROBE")
                 return
             except Exception:
                 if time.monotonic() > deadline:

@@ -29,8 +29,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "deploy"
 COMPOSE_FILES = [DEPLOY / "docker" / "docker-compose.yml", DEPLOY / "docker" / "docker-compose.gpu.yml"]
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
 K8S_MANIFESTS = sorted(p for p in (DEPLOY / "k8s").glob("*.yaml") if p.name not in {"kustomization.yaml", "nats-values.yaml"})
-# The services `lorafleet serve` runs; each is one image/Deployment.
-SERVICES = {"ingest", "enrich", "trainer", "evaluator", "registry", "collector"}
+# The services `lorafleet serve` runs (shared/bus.py SERVICES); each is one image/Deployment.
+SERVICES = {"ingest", "enrich", "trainer", "evaluator", "registry"}
 NATS_NODES = {"nats-1", "nats-2", "nats-3"}
 
 
@@ -65,6 +65,12 @@ def test_compose_file_matches_the_compose_specification(path, compose_validator)
 def test_compose_schema_rejects_a_broken_file(compose_validator):
     broken = {"services": {"ingest": {"image": "x", "depends_on": {"nats": {"condition": "sometimes"}}, "scale": "three"}}}
     assert len(_errors(compose_validator, broken)) >= 2
+
+
+def test_deploy_covers_every_service_the_bus_runs():
+    from lorafleet.shared.bus import SERVICES as BUS_SERVICES
+
+    assert set(BUS_SERVICES) == SERVICES
 
 
 def test_compose_runs_a_three_node_jetstream_cluster(compose):
@@ -133,7 +139,7 @@ def _hadolint() -> str:
 
 
 def test_every_dockerfile_passes_hadolint():
-    assert {p.name for p in DOCKERFILES} >= {f"{s}.Dockerfile" for s in SERVICES - {"collector"}} | {"vllm.Dockerfile"}
+    assert {p.name for p in DOCKERFILES} >= {f"{s}.Dockerfile" for s in SERVICES} | {"vllm.Dockerfile"}
     out = subprocess.run([_hadolint(), "--no-color", *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -54,3 +54,39 @@ def example_factory():
 @pytest.fixture
 def dataset_writer():
     return write_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_model_pair(tmp_path_factory):
+    """A random-init tiny base (the trainer's make_tiny) and a LoRA with nonzero B, so the two differ."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorafleet.services.trainer.tiny_model import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny-serve")
+    base = make_tiny(root / "base")
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(root / "adapter")
+    return base, root / "adapter"
+
+
+@pytest.fixture(scope="session")
+def local_model(tiny_model_pair):
+    from lorafleet.services.enrich.model_server import LocalModel
+
+    base, adapter = tiny_model_pair
+    return LocalModel(base, {"py-lora": adapter}, base_name="tiny")
+
+
+@pytest.fixture
+async def model_url(local_model):
+    from lorafleet.services.enrich.model_server import ModelServer, start
+
+    runner, port = await start(ModelServer(local_model))
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()

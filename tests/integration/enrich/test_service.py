@@ -64,11 +64,11 @@ async def test_dataset_ready_to_enriched(settings, chat_server, example_factory,
                                   {"endpoint": chat_server.url, "model": "reasoner", **FAST})
         await publish_event(runner.ctx.js, event)
         [done] = await events.wait("dataset.enriched")
+        out = await runner.ctx.artifacts.get_dir(done["dataset"]["uri"], tmp_path / "got")
     assert done["request_id"] == "req-1" and done["config"] == event.config
     assert done["stats"]["generated"] == 11 and done["stats"]["rejected_by_reason"] == {"truncated": 1}
     assert done["stats"]["ingest"] == {"train": 12}
     assert done["dataset"]["sha256"] != event.dataset.sha256
-    out = await runner.ctx.artifacts.get_dir(done["dataset"]["uri"], tmp_path / "got")
     got = read_examples(out / "train.jsonl")
     assert sum(1 for e in got if e.reasoning) == 11 and len(got) == 12
     assert not list((settings.data_dir / "enrich" / "jobs").iterdir())  # scratch cleaned
@@ -98,7 +98,7 @@ async def test_endpoint_down_fails_retriable_then_redelivery_resumes(settings, c
         chat_server.down = False  # the server comes back: the bus's redelivery finishes the job
         [done] = await events.wait("dataset.enriched")
     assert done["stats"]["generated"] == 6
-    assert not events.of("lorafleet.v1.dlq.enrich")
+    assert not events.of("dlq.enrich")
 
 
 async def test_unknown_model_fails_without_retry(settings, chat_server, example_factory, dataset_writer, tmp_path):

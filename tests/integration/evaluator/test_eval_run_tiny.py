@@ -32,6 +32,19 @@ async def test_base_and_adapter_differ_with_the_same_seeds(tiny_pair, heldout_pr
     assert {x.variant for x in first.latency} == {"base", "adapter"}
     assert all(x.ttft_s > 0 and x.tpot_s > 0 and x.output_tokens > 0 for x in first.latency)
 
+    # temperature 0 with n > 1: n copies of the one greedy answer (as vLLM does), not an error
+    req = [first_request(problems[0])]
+    g1 = (await backend.generate(req, "adapter", SamplingParams(n=3, temperature=0.0, max_new_tokens=8)))[0]
+    g2 = (await backend.generate(req, "adapter", SamplingParams(n=1, temperature=0.0, max_new_tokens=8)))[0]
+    assert len(set(g1.texts)) == 1 and len(g1.texts) == 3 and g1.texts[0] == g2.texts[0]
+    await backend.aclose()
+
+
+def first_request(problem):
+    from lorafleet.services.evaluator.evaluate import build_request
+
+    return build_request(problem, 0)
+
 
 def test_eval_run_cli_writes_report(tiny_pair, heldout_problems, tmp_path):
     base, adapter = tiny_pair

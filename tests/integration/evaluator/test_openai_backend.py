@@ -3,6 +3,8 @@ scripted 429 / 500 / slow / truncated responses."""
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -22,6 +24,7 @@ class FakeServer:
         self.max_in_flight = 0
         self.loaded: list[str] = []
         self.delay = 0.0
+        self.solutions: dict[str, str] = {}  # statement -> reference solution (the "adapter" knows them)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -42,6 +45,10 @@ class FakeServer:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             pieces = ["```python\n", "print(", repr(f"{body['model']}-{body['seed']}"), ")\n", "```"]
+            user = body["messages"][-1]["content"]
+            known = next((code for statement, code in self.solutions.items() if statement in user), None)
+            if known is not None:
+                pieces = ["Solution:\n```python\n", known, "\n```"] if body["model"] == "python-lora" else ["I am not sure."]
             for piece in pieces:
                 for i in range(body["n"]):
                     chunk = {"choices": [{"index": i, "delta": {"content": piece}, "finish_reason": None}]}
@@ -166,3 +173,27 @@ async def test_runtime_adapter_loading_is_idempotent(server):
     finally:
         await b.aclose()
     assert server.loaded == ["python-lora"]
+
+
+async def test_eval_run_cli_against_an_openai_endpoint(server, heldout_problems, tmp_path):
+    """`lorafleet eval run --backend openai` end to end: a server whose adapter model answers
+    correctly and whose base model writes no code; the real sandbox judges."""
+    path, problems = heldout_problems
+    server.solutions = {p.statement: p.solutions[0] for p in problems}
+    exe = Path(sys.executable).parent / "lorafleet"
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "eval", "run", "--backend", "openai", "--endpoint", server.url, "--base", "base-model",
+        "--adapter", "python-lora", "--problems", str(path), "--n", "3", "--k", "1,3", "--out", str(tmp_path / "r"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    m = report["metrics"]
+    assert m["adapter"]["pass@1"] == 1.0 and m["adapter"]["greedy_pass@1"] == 1.0 and m["adapter"]["error_rate"] == 0.0
+    assert m["base"]["pass@1"] == 0.0 and m["base"]["errors"]["syntax_error"] == 3 * len(problems)  # prose = the whole text
+    assert m["delta_pass@1"]["mean"] == 1.0
+    assert m["latency_increase"] is not None
+    gate = {c["name"]: c["passed"] for c in report["gate"]["criteria"]}
+    assert gate["pass@1"] and gate["delta_pass@1"] and gate["error_rate"]
+    greedy = [b for b in server.bodies if b["n"] == 1]
+    assert greedy and all(b["temperature"] == 0.0 for b in greedy)

@@ -37,3 +37,21 @@ def test_cache_survives_reopen(tmp_path):
     with AnswerCache.in_data_dir(tmp_path) as cache:
         assert cache.get("k1") == Completion("why", "stop", {"completion_tokens": 3})
         assert len(cache) == 1 and cache.keys() == {"k1"}
+
+
+def test_answers_are_committed_in_groups_and_on_close(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = AnswerCache(path, commit_every=3, commit_interval_s=60)
+    other = AnswerCache(path)  # another process's view
+    cache.put("a", "m", Completion("x", "stop"))
+    cache.put("b", "m", Completion("x", "stop"))
+    assert cache.get("a") is not None and other.get("a") is None  # written, not yet committed
+    cache.put("c", "m", Completion("x", "stop"))
+    assert other.keys() == {"a", "b", "c"}
+    cache.put("d", "m", Completion("x", "stop"))
+    cache.flush()
+    assert "d" in other.keys()
+    cache.put("e", "m", Completion("x", "stop"))
+    cache.close()
+    assert "e" in other.keys()
+    other.close()

@@ -91,3 +91,22 @@ def test_resolve_target():
         resolve_target(EnrichSection(endpoint="http://h:1"), env={})
     with pytest.raises(ConfigError, match="not an http"):
         resolve_target(EnrichSection(endpoint="h:1", model="m"), env={})
+
+
+def test_only_failures_a_retry_could_fix_fail_the_job():
+    s = core.Stats()
+    for _ in range(5):
+        s.add("failed", "http_400")  # e.g. the prompt is longer than the model's context
+    s.add("generated")
+    assert not core.too_many_failures(s, 0.1)
+    s.add("failed", "http_503")
+    s.add("failed", "timeout")
+    assert core.too_many_failures(s, 0.1)
+    assert core.is_transient("http_429") and core.is_transient("connection") and not core.is_transient("http_422")
+
+
+def test_prompt_template_is_checked_when_the_config_loads():
+    assert EnrichSection(prompt="Why does {code} solve {statement}?").prompt
+    for bad in ("uses {foo}", "no placeholder at all", "unbalanced { brace {statement}"):
+        with pytest.raises(ValueError, match="enrich.prompt"):
+            EnrichSection(prompt=bad)

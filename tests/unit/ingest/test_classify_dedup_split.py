@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from lorafleet.services.ingest.classify import adapters_for, classify, keyword_hits
-from lorafleet.services.ingest.dedup import NearDuplicates, UnionFind, pick_diverse, solution_key, unique_solutions
+from lorafleet.services.ingest.dedup import NearDuplicates, UnionFind, pick_diverse, signature, solution_key, unique_solutions
 from lorafleet.services.ingest.split import after_cutoff, eval_ids, resolve_cutoff
 
 
@@ -49,11 +49,20 @@ def test_solution_key_ignores_comments_and_spacing_not_indentation():
 def test_near_duplicates_need_agreeing_numbers():
     nd = NearDuplicates(threshold=0.8)
     base = "You are given an array of n integers. Find the maximum sum of a contiguous subarray. 1 <= n <= 100000."
-    assert nd.add("a", base) == []
-    assert nd.add("b", "You are given an array of n integers.  Find the maximum sum of a contiguous subarray. 1 <= n <= 100000!") == ["a"]
+    assert nd.add("a", signature(base)) == []
+    again = "You are given an array of n integers.  Find the maximum sum of a contiguous subarray. 1 <= n <= 100000!"
+    assert nd.add("b", signature(again)) == ["a"]
     # same words, different constants: a different problem (parameterised families)
-    assert nd.add("c", base.replace("100000", "7")) == []
-    assert nd.add("d", "Completely different: print hello world to the output stream now.") == []
+    assert nd.add("c", signature(base.replace("100000", "7"))) == []
+    assert nd.add("d", signature("Completely different: print hello world to the output stream now.")) == []
+    # symbols count: HumanEval/56 ("<" and ">") and /61 ("(" and ")") are different problems
+    angle = ('brackets is a string of "<" and ">". return True if every opening bracket has a corresponding '
+             'closing bracket. >>> correct_bracketing("<") False >>> correct_bracketing("<>") True')
+    paren = angle.replace("<", "(").replace(">", ")")
+    nd2 = NearDuplicates(0.8)
+    nd2.add("56", signature(angle))
+    assert nd2.add("61", signature(paren)) == []
+    assert len(nd) == 4
 
 
 def test_union_find_keeps_earliest_root():

@@ -12,7 +12,8 @@ from lorafleet.services.ingest.pipeline import build_dataset
 from lorafleet.services.ingest.verify import sandbox_judge, select_tests, verify_problems
 from lorafleet.shared.config import DataSection, SourceSection
 from lorafleet.shared.errors import ConfigError, LorafleetError
-from lorafleet.shared.problems import Limits, Problem, TestCase, TrainExample
+from lorafleet.shared.problems import Limits, Problem, TrainExample
+from lorafleet.shared.problems import TestCase as Case
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"
 ALL_DOMAINS = ["python", "math", "algorithms", "data_structures"]
@@ -50,7 +51,7 @@ def test_counts(built):
     assert report["malformed"] == {
         "bad_json": 1, "bad_json:input_output": 1, "bad_json:solutions": 1, "bad_private_tests": 2,
         "bad_problem": 1, "file_io": 1, "no_tests": 4, "non_utf8": 1}
-    assert report["skipped"] == {"python2": 1}
+    assert report["skipped"] == {"python2": 2}
     # CC 3+1+1, APPS 2+2+1+1, TACO 2+1, lorafleet 2, production 1 Python 3 candidates
     assert report["solutions"] == 18
     assert report["rejected"] == {"time_limit": 1, "wrong_answer": 3}
@@ -117,9 +118,9 @@ def test_domains_select(tmp_path):
 
 def test_verify_budget_and_duplicates():
     spin = "while True:\n    pass\n"
-    p = Problem(id="t/1", source="t", statement="s", tests=[TestCase(kind="stdio", input="1\n", output="1\n")],
+    p = Problem(id="t/1", source="t", statement="s", tests=[Case(kind="stdio", input="1\n", output="1\n")],
                 limits=Limits(time_s=0.3), solutions=[spin, spin + "# again\n", "while 1:\n    pass\n", "print(1)"])
-    ok = Problem(id="t/2", source="t", statement="s", tests=[TestCase(kind="stdio", input="", output="2\n")],
+    ok = Problem(id="t/2", source="t", statement="s", tests=[Case(kind="stdio", input="", output="2\n")],
                  solutions=["print(2)", "print( 2 )  # same", "print(3)"])
     v1, v2 = verify_problems([p, ok], sandbox_judge(), max_tests=5, budget_s=0.1)
     # round 1 ran the spinner (and its comment-only copy with it) and used up the budget
@@ -128,7 +129,7 @@ def test_verify_budget_and_duplicates():
 
 
 def test_select_tests_keeps_source_tests_first_and_is_deterministic():
-    tests = [TestCase(kind="stdio", input=f"{i}\n", output="") for i in range(50)]
+    tests = [Case(kind="stdio", input=f"{i}\n", output="") for i in range(50)]
     p = Problem(id="x/1", source="x", statement="s", tests=tests, meta={"tests_first": 3})
     picked = select_tests(p, 10)
     assert len(picked) == 10 and picked[:3] == tests[:3] and picked == select_tests(p, 10)
@@ -150,3 +151,14 @@ def test_train_file_pair(tmp_path):
     with pytest.raises(ConfigError, match="share 1 problem"):
         build_dataset(data, judge=sandbox_judge(), out_dir=tmp_path / "ds2")
     assert not (tmp_path / "ds2").exists()
+
+
+def test_train_file_pair_missing_falls_back_to_sources(tmp_path):
+    data = DataSection(train_file=str(tmp_path / "t.jsonl"), eval_file=str(tmp_path / "e.jsonl"), min_examples=1,
+                       sources=[SourceSection(type="humaneval", path=str(FIXTURES / "humaneval.jsonl.gz"))],
+                       validation_cutoff="2024-01-01", verify={"enabled": False})
+    report = build_dataset(data, judge=None, out_dir=None)
+    assert report["problems"] == 2 and report["train"] == 1 and report["validation_cutoff"] == "2024-01-01"
+    only_files = DataSection(train_file=str(tmp_path / "t.jsonl"), eval_file=str(tmp_path / "e.jsonl"))
+    with pytest.raises(ConfigError, match="data.train_file: .* not found"):
+        build_dataset(only_files, judge=None, out_dir=None)

@@ -1,0 +1,149 @@
+"""Real service processes on a real nats-server, for the end-to-end tests.
+
+`Fleet` starts `lorafleet serve NAME` replicas (each in its own process group,
+stopped by pid group, never by name); `EventLog` records every event on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+
+
+@dataclass
+class Replica:
+    service: str
+    index: int
+    log: Path
+    proc: subprocess.Popen | None = None
+    kills: int = 0
+
+
+@dataclass
+class Fleet:
+    nats_url: str
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    replicas: list[Replica] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "LORAFLEET_NATS_URL": self.nats_url,
+            "LORAFLEET_DATA_DIR": str(self.data_dir),
+            "LORAFLEET_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            **self.env,
+        }
+
+    def start(self, service: str, count: int = 1) -> list[Replica]:
+        started = []
+        for _ in range(count):
+            index = sum(r.service == service for r in self.replicas)
+            replica = Replica(service, index, self.data_dir / "logs" / f"{service}-{index}.log")
+            self.replicas.append(replica)
+            self._spawn(replica)
+            started.append(replica)
+        return started
+
+    def _spawn(self, replica: Replica) -> None:
+        replica.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(replica.log, "ab") as fh:
+            replica.proc = subprocess.Popen(
+                [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", replica.service],
+                env=self._env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def of(self, service: str) -> list[Replica]:
+        return [r for r in self.replicas if r.service == service]
+
+    def kill(self, replica: Replica) -> None:
+        """SIGKILL the replica's whole process group (its sandbox children too)."""
+        if replica.proc is not None and replica.proc.poll() is None:
+            os.killpg(replica.proc.pid, signal.SIGKILL)
+            replica.proc.wait()
+        replica.kills += 1
+
+    def restart(self, replica: Replica) -> None:
+        self._spawn(replica)
+
+    def alive(self) -> list[Replica]:
+        return [r for r in self.replicas if r.proc is not None and r.proc.poll() is None]
+
+    def stop(self) -> None:
+        for r in self.replicas:
+            if r.proc is not None and r.proc.poll() is None:
+                os.killpg(r.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for r in self.replicas:
+            if r.proc is None:
+                continue
+            try:
+                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(r.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            r.proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {r.service}#{r.index}\n{r.log.read_text(errors='replace')[-3000:]}"
+                         for r in self.replicas if r.log.is_file())
+
+
+class EventLog:
+    """Every message on lorafleet.v1.> (core subscription: sees each publish, duplicates included)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict]] = []
+        self.nc = None
+
+    async def start(self, url: str) -> "EventLog":
+        self.nc = await nats.connect(url)
+
+        async def on_msg(msg) -> None:
+            try:
+                body = json.loads(msg.data)
+            except ValueError:
+                body = {}
+            self.items.append((msg.subject.removeprefix("lorafleet.v1."), body))
+
+        await self.nc.subscribe("lorafleet.v1.>", cb=on_msg)
+        return self
+
+    def of(self, event_type: str) -> list[dict]:
+        return [d for t, d in self.items if t == event_type]
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.items]
+
+    async def wait(self, event_type: str, timeout: float, count: int = 1, fleet: Fleet | None = None) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.of(event_type)
+            if len(found) >= count:
+                return found
+            failed = [t for t in self.types() if t.endswith(".failed") or t.startswith("dlq.")]
+            if failed:
+                raise AssertionError(f"{failed} while waiting for {event_type}: "
+                                     f"{[d for t, d in self.items if t in failed][:2]}"
+                                     + (f"\n{fleet.logs()}" if fleet else ""))
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{count} x {event_type} not seen within {timeout}s; saw {self.types()}"
+                             + (f"\n{fleet.logs()}" if fleet else ""))
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()

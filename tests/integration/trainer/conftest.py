@@ -1,0 +1,60 @@
+"""Fixtures of the trainer integration tests: a real nats-server, the random-init tiny model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# pytest runs with --import-mode=importlib: make trainer_helpers importable.
+sys.path.insert(0, str(Path(__file__).parent))
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorafleet.shared.bus import connect, ensure_stream
+from lorafleet.shared.config import parse_config
+from lorafleet.shared.events import STREAM, SUBJECT_PREFIX, parse_event
+from lorafleet.shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from lorafleet.services.trainer.tiny_model import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny(root / "model", pretrain=False, cache_dir=root / "cache")
+
+
+@pytest.fixture
+def settings(nats_url, tmp_path) -> Settings:
+    return Settings(nats_url=nats_url, data_dir=tmp_path / "data", max_deliver=3, ack_wait_s=3.0,
+                    retry_delay_s=0.0, duplicate_window_s=120)
+
+
+@pytest.fixture
+async def js(settings):
+    nc = await connect(settings)
+    js = nc.jetstream()
+    await ensure_stream(js, settings)
+    try:
+        yield js
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def event_log(js):
+    from trainer_helpers import EventLog
+
+    log = await EventLog().start(js)
+    yield log
+    await log.sub.unsubscribe()
+
+
