@@ -74,11 +74,6 @@ def root(
     from lorafleet.shared.settings import get_settings
 
     get_settings()  # a bad LORAFLEET_* value fails here, as one line
-    for module, exc, tb in load_errors:
-        print(f"lorafleet: warning: commands of {module} are unavailable ({type(exc).__name__}: {exc})"
-              + ("" if debug else "; --debug shows why"), file=sys.stderr)
-        if debug:
-            print(tb, file=sys.stderr)
 
 
 def mount_area_clis() -> None:
@@ -95,9 +90,19 @@ cli_bus.register(groups)
 mount_area_clis()
 
 
+def report_load_errors(debug: bool) -> None:
+    for module, exc, tb in load_errors:
+        print(f"lorafleet: warning: commands of {module} are unavailable ({type(exc).__name__}: {exc})"
+              + ("" if debug else "; --debug shows why"), file=sys.stderr)
+        if debug:
+            print(tb, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    report_load_errors("--debug" in args or os.environ.get("LORAFLEET_DEBUG", "").lower() in ("1", "true", "yes"))
     try:
-        result = app(args=argv, prog_name="lorafleet", standalone_mode=False)
+        result = app(args=args, prog_name="lorafleet", standalone_mode=False)
     except LorafleetError as exc:
         _fail(f"error: {exc}", exc.exit_code, exc)
     except typer.Exit as exc:

@@ -15,11 +15,11 @@ import logging
 import shutil
 import time
 
+from lorafleet.services.enrich import core
 from lorafleet.services.enrich.bootstrap import bootstrap
 from lorafleet.services.enrich.client import EndpointDown
 from lorafleet.services.enrich.dataset import enrich_dataset
 from lorafleet.services.enrich.pipeline import resolve_target
-from lorafleet.services.enrich import core
 from lorafleet.shared.bus import Context, Service
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.errors import LorafleetError, RetriableError

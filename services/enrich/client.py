@@ -148,6 +148,7 @@ class ChatClient:
         self._rng = random.Random(seed)
         self._sem = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._checked: asyncio.Task | None = None
         self.last_success = 0.0  # monotonic time of the last answered request
 
     async def __aenter__(self) -> "ChatClient":
@@ -221,8 +222,16 @@ class ChatClient:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
 
+    async def ensure_checked(self) -> None:
+        """`check()` once, before the first request (a run served wholly from the cache never needs the endpoint)."""
+        if self._checked is None:
+            self._checked = asyncio.ensure_future(self.check())
+            self._checked.add_done_callback(lambda t: t.cancelled() or t.exception())  # waiters re-raise it
+        await asyncio.shield(self._checked)
+
     async def complete(self, messages: list[dict[str, str]], **params: Any) -> Completion:
         """One chat completion with retries. Raises EndpointError (fatal) or RequestFailed (this request only)."""
+        await self.ensure_checked()
         payload = {"model": self.model, "messages": messages, **params}
         started = time.monotonic()
         attempt = 0
@@ -247,6 +256,11 @@ class ChatClient:
                     )
                 if _is_unknown_model(status, message):
                     raise EndpointError(f"{self._where()}: the server does not know this model (HTTP {status}: {message})")
+                if status in (404, 405):
+                    raise EndpointError(
+                        f"{self._where()}: POST {self.url} answered HTTP {status} ({message}): "
+                        "the endpoint should be the server's OpenAI-compatible base URL, e.g. http://host:8000/v1"
+                    )
                 if status not in RETRY_STATUSES:
                     raise RequestFailed(f"http_{status}", message)
                 reason = f"http_{status}"

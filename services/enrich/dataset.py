@@ -114,8 +114,7 @@ async def enrich_dataset(
     flat = [e for examples in splits.values() for e in examples]
     if on_total is not None:
         on_total(len(flat))
-    async with make_client(target, cfg) as client:
-        await client.check()
+    async with make_client(target, cfg) as client:  # checks the endpoint before its first request
         enriched, stats = await enrich_examples(flat, client=client, cache=cache, cfg=cfg, progress=progress)
         result = run_stats(stats, client, target, started)
     if core.too_many_failures(stats, cfg.max_failed_fraction):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,6 @@ async def on_eval_shard_requested(event: EvalShardRequested, ctx: Context) -> li
 
 
 async def _backend_for(ctx: Context, trained: AdapterTrained, ev: EvaluationSection):
-    import os
-
     deps: Deps = ctx.deps
     if ev.backend == "openai":
         name = f"{trained.adapter_name}-v{trained.version}" if ev.load_adapter else trained.adapter_name

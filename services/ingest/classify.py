@@ -62,25 +62,29 @@ def _words(phrase: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(phrase.lower()))
 
 
-# first word -> [(phrase as a word tuple, domain, canonical spelling)]
-_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str, str]]] = {}
+# first word -> [(number of words, domain, canonical spelling)]
+_BY_FIRST: dict[str, list[tuple[int, str, str]]] = {}
 for _domain, _phrases in KEYWORDS.items():
     for _p in _phrases:
         _w = _words(_p)
-        _BY_FIRST.setdefault(_w[0], []).append((_w, _domain, " ".join(_w)))
+        _BY_FIRST.setdefault(_w[0], []).append((len(_w), _domain, " ".join(_w)))
+_FIRST_WORDS = frozenset(_BY_FIRST)
 _TAG_SETS = {domain: frozenset(tags) for domain, tags in TAGS.items()}
 
 
 def keyword_hits(statement: str) -> dict[str, list[str]]:
     """Which keywords of each domain the statement contains, as whole words: the statement
-    is split into words and a phrase matches a run of consecutive words, so "dp" never
+    is split into words and a phrase must match a run of whole words, so "dp" never
     matches inside "adpt" and spacing, line breaks or hyphens between words don't matter."""
     words = _WORD.findall(statement.lower())
     hits: dict[str, set[str]] = {d: set() for d in KEYWORDS}
-    for i, w in enumerate(words):
-        for phrase, domain, canon in _BY_FIRST.get(w, ()):
-            if len(phrase) == 1 or tuple(words[i:i + len(phrase)]) == phrase:
-                hits[domain].add(canon)
+    present = _FIRST_WORDS.intersection(words)
+    if present:
+        joined = f" {' '.join(words)} "
+        for w in present:
+            for n, domain, canon in _BY_FIRST[w]:
+                if n == 1 or f" {canon} " in joined:
+                    hits[domain].add(canon)
     return {d: sorted(v) for d, v in hits.items()}
 
 

@@ -246,6 +246,7 @@ def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spoo
         for other in train_index.add(str(idx), sig):
             uf.union(idx, int(other))
 
+    seen_ids: set[str] = set()
     # Validation sources first, so every training problem is checked against all of them as it arrives.
     for source in sorted(sources, key=lambda s: s.role != "validation"):
         name = source.type
@@ -259,6 +260,11 @@ def _load(sources, data, judge, domains, stats, progress, chunk_size, train_spoo
                 continue
             if source.limit is not None and count >= source.limit:
                 break
+            if item.id in seen_ids:  # the same file listed twice, or two sources that clash
+                stats.malformed["duplicate_id"] += 1
+                stats.sources[name]["malformed"] += 1
+                continue
+            seen_ids.add(item.id)
             count += 1
             stats.problems += 1
             stats.sources[name]["problems"] += 1

@@ -13,8 +13,7 @@ import logging
 
 from lorafleet.shared.bus import Context, Service, dlq_subject, make_dead_letter
 from lorafleet.shared.errors import LorafleetError
-from lorafleet.shared.events import STREAM
-from lorafleet.shared.events import AdapterEvaluated, Event, ProductionOutcome, StageFailed
+from lorafleet.shared.events import STREAM, AdapterEvaluated, Event, ProductionOutcome, StageFailed, TrainRequested
 
 from . import core
 from .bootstrap import bootstrap
@@ -24,7 +23,7 @@ from .routing import Router
 from .store import RegistryStore, now
 
 log = logging.getLogger(__name__)
-service = Service("registry", bootstrap=bootstrap)
+service = Service("registry", bootstrap=bootstrap, concurrency=64)
 
 
 @service.on_start
@@ -66,6 +65,8 @@ async def on_adapter_evaluated(event: AdapterEvaluated, ctx: Context) -> list[Ev
             await store.flush(event.adapter_name)  # redelivery: make sure its events went out
             return []
         info, train_config = await deps.fetch_adapter(ctx.artifacts, event.adapter)
+        if train_config is None:  # retrains reuse it; the chain's train.requested has it
+            train_config = await find_train_config(ctx.js, event.request_id)
         lora_int_id = await store.next_lora_int_id() if event.gate_passed else None
         await store.apply(event.adapter_name, lambda s: core.register(
             s, event, info, lora_int_id, now(), deps.settings, train_config))
@@ -75,6 +76,36 @@ async def on_adapter_evaluated(event: AdapterEvaluated, ctx: Context) -> list[Ev
         return [event.follow(StageFailed, 0, stage="registry", adapter_name=event.adapter_name, error=str(exc),
                              retriable=False, input_event_id=event.event_id)]
     return []
+
+
+async def find_train_config(js, request_id: str) -> dict | None:
+    """The config of the train.requested that started this chain (same request_id), if still in the stream."""
+    subject = TrainRequested.subject()
+    try:
+        info = await js.stream_info(STREAM, subjects_filter=subject)
+        if not (info.state.subjects or {}).get(subject):
+            return None
+        sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True)
+    except Exception:
+        return None
+    found = None
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:  # nothing more
+                break
+            try:
+                ev = TrainRequested.model_validate_json(msg.data)
+            except ValueError:
+                ev = None
+            if ev is not None and ev.request_id == request_id:
+                found = ev.config
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return found
 
 
 async def dead_letter(ctx: Context, event: Event, error: str) -> None:

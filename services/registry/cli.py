@@ -37,6 +37,10 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
 def _rate(c) -> str:
     return "-" if c.success_rate is None else f"{c.success_rate:.3f} ({c.successes}/{c.requests})"
 
@@ -113,8 +117,9 @@ def register(groups: dict[str, typer.Typer]) -> None:
             control = f"v{state.ab.control}" if state.ab.control is not None else "base model"
             console.print(f"A/B: v{state.ab.candidate} at {state.ab.traffic:.0%} vs {control}: candidate "
                           f"{summary.candidate_successes}/{summary.candidate_n}, control "
-                          f"{summary.control_successes}/{summary.control_n}, p(better)={summary.p_better}, "
-                          f"p(worse)={summary.p_worse} → {summary.decision}")
+                          f"{summary.control_successes}/{summary.control_n}, p(better)={_p(summary.p_better)}, "
+                          f"p(worse)={_p(summary.p_worse)} → {summary.decision} (α={summary.alpha}, "
+                          f"min {summary.min_samples} per arm)")
 
     @app.command()
     def history(name: str, as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -267,8 +268,9 @@ class Collector:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "pool.jsonl"
                 lines = await self.snapshot(adapter_name, path)
-                safe_period = hashlib.sha256(decision.period.encode()).hexdigest()[:16]
-                ref = await self.artifacts.put_file(path, f"production-pool/{adapter_name}/{safe_period}.jsonl")
+                # Unique per attempt: replicas racing for one period each upload; only the CAS winner's is used.
+                name = f"{hashlib.sha256(decision.period.encode()).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
+                ref = await self.artifacts.put_file(path, f"production-pool/{adapter_name}/{name}.jsonl")
             event = retrain_event(adapter_name, decision.period, config, sha, ref.uri)
             log.info("retrain of %s requested (%s): pool of %d problems at %s", adapter_name, decision.reason, lines, ref.uri)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,12 +35,13 @@ def merge_cmd(
     out: Annotated[Path, typer.Option("--out", help="directory for the merged model")],
     base: Annotated[Optional[str], typer.Option(help="base model (default: the adapter's base_model_name_or_path)")] = None,
     tolerance: Annotated[float, typer.Option(help="max |logit difference| allowed, relative to the logit scale")] = 1e-3,
+    dtype: Annotated[str, typer.Option(help="dtype of the merged weights: float32 | bfloat16 | float16")] = "float32",
 ) -> None:
     """Merge a LoRA adapter into its base, then verify: logits of the merged model (re-loaded
     from disk) must match base+adapter on a probe batch, or nothing is written."""
     from lorafleet.services.trainer.merge import merge_adapter
 
-    report = merge_adapter(adapter, out, base_model=base, tolerance=tolerance)
+    report = merge_adapter(adapter, out, base_model=base, tolerance=tolerance, dtype=dtype)
     typer.echo(f"merged into {out}: max |Δlogit| {report['max_abs_diff']:.2e} "
                f"(scale {report['logit_scale']:.2f}, tolerance {report['tolerance']:.0e}) on "
                f"{report['probe_tokens']} probe tokens")
@@ -75,7 +77,8 @@ async def _train(settings, cfg, wait: bool, timeout: float) -> int:
         if not wait:
             console.print(f"follow it with: lorafleet events tail --follow --request {event.request_id}")
             return 0
-        return await _show(console, follow_request(js, event.request_id, seq), timeout)
+        async with contextlib.aclosing(follow_request(js, event.request_id, seq)) as events:
+            return await _show(console, events, timeout)
     finally:
         await nc.close()
 
@@ -83,7 +86,7 @@ async def _train(settings, cfg, wait: bool, timeout: float) -> int:
 async def _show(console, events, timeout: float) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lorafleet.services.trainer.follow import describe
+    from lorafleet.services.trainer.follow import describe, kind
 
     progress = Progress(TextColumn("[bold]training[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
@@ -92,15 +95,17 @@ async def _show(console, events, timeout: float) -> int:
         async with asyncio.timeout(timeout):
             with progress:
                 async for event in events:
-                    if event.event_type == "training.progress":
+                    if kind(event) == "train.requested":
+                        continue
+                    if kind(event) == "training.progress":
                         if task is None:
                             task = progress.add_task("train", total=event.total_steps, info="")
                         progress.update(task, completed=event.step, total=event.total_steps, info=describe(event))
                         continue
                     progress.console.print(describe(event))
-                    if event.event_type.endswith(".failed"):
+                    if kind(event).endswith(".failed"):
                         return 1
-                    if event.event_type == "adapter.evaluated":
+                    if kind(event) == "adapter.evaluated":
                         return 0
     except TimeoutError:
         raise LorafleetError(f"no final event within {timeout:.0f}s: check `lorafleet status` "

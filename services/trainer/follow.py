@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from lorafleet.shared.config import TrainConfig
-from lorafleet.shared.events import SUBJECT_PREFIX, Event, TrainRequested, parse_event
+from lorafleet.shared.events import SUBJECT_PREFIX, Event, StageFailed, TrainRequested, parse_event
 
 
 def make_request(cfg: TrainConfig, reason: str = "manual") -> TrainRequested:
@@ -44,8 +44,13 @@ async def follow_request(js, request_id: str, start_seq: int) -> AsyncIterator[E
         await sub.unsubscribe()
 
 
+def kind(event: Event) -> str:
+    """The event type as on its subject (`training.failed`, not StageFailed's generic name)."""
+    return event.failed_type if isinstance(event, StageFailed) else event.event_type
+
+
 def describe(event: Event) -> str:
-    t = event.event_type
+    t = kind(event)
     if t == "training.progress":
         parts = []
         if event.loss is not None:

@@ -43,10 +43,10 @@ def _logits(model, batch):
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None,
-                  tolerance: float = 1e-3) -> dict[str, Any]:
-    """Write base+adapter merged into `out_dir` (model + tokenizer); raise MergeError and write
-    nothing when the re-loaded merged model's logits differ from base+adapter by more than
-    `tolerance` x the logit scale."""
+                  tolerance: float = 1e-3, dtype: str = "float32") -> dict[str, Any]:
+    """Write base+adapter merged into `out_dir` (model + tokenizer, saved in `dtype`); raise
+    MergeError and write nothing when the re-loaded merged model's logits differ from
+    base+adapter (computed in float32) by more than `tolerance` x the logit scale."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,23 +73,25 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     batch = probe_batch(tokenizer)
     reference = _logits(peft_model, batch)
 
-    merged = peft_model.merge_and_unload()
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise MergeError(f"dtype {dtype!r}: use float32, bfloat16 or float16")
+    merged = peft_model.merge_and_unload().to(getattr(torch, dtype))
     tmp = out.with_name(out.name + ".merging")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).eval()
     got = _logits(reloaded, batch)
     diff = (got - reference).abs().max().item()
     scale = max(reference.abs().max().item(), 1.0)
     report = {"max_abs_diff": diff, "logit_scale": scale, "tolerance": tolerance,
-              "probe_tokens": int(batch["attention_mask"].sum()), "base_model": base,
+              "probe_tokens": int(batch["attention_mask"].sum()), "base_model": base, "dtype": dtype,
               "adapter": str(adapter_dir)}
     if not diff <= tolerance * scale:  # also catches NaN
         shutil.rmtree(tmp, ignore_errors=True)
         raise MergeError(
-            f"merged model disagrees with base+adapter: max |Δlogit| {diff:.3g} > {tolerance:g} x {scale:.3g}; "
-            f"is {base} the base this adapter was trained on? nothing was written"
+            f"merged model ({dtype}) disagrees with base+adapter: max |Δlogit| {diff:.3g} > {tolerance:g} x "
+            f"{scale:.3g}; nothing was written (merge in float32, or raise --tolerance if the loss is acceptable)"
         )
     (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(out, ignore_errors=True)

@@ -7,6 +7,7 @@ TINY_MODEL_NOTES.md, cached under the cache dir keyed by a hash of the recipe.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -223,16 +224,23 @@ TINY_SCHEME = "tiny://"
 
 
 def cached_tiny(pretrain: bool, recipe: Recipe | None = None, cache_dir: str | Path | None = None) -> Path:
-    """The cache directory holding the tiny model of this recipe, built on first use.
-
-    Several processes may race: each builds in a private temp dir and renames; the
-    loser keeps the winner's (identical) result."""
+    """The cache directory holding the tiny model of this recipe, built on first use
+    (in a private temp dir, then renamed: a crash leaves nothing half-written)."""
     recipe = recipe or Recipe()
     kind = "base" if pretrain else "random"
     cached = Path(cache_dir or default_cache_dir()) / f"tiny-{kind}-{recipe.key()}"
     if (cached / "lorafleet_tiny.json").is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per recipe on this machine; the others wait for its result.
+    with open(cached.parent / f".{cached.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cached / "lorafleet_tiny.json").is_file():
+            _build(cached, pretrain, recipe)
+    return cached
+
+
+def _build(cached: Path, pretrain: bool, recipe: Recipe) -> None:
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".build-") as tmp:
         tokenizer = train_tokenizer(recipe)
         model = build_model(recipe, tokenizer)
@@ -246,10 +254,9 @@ def cached_tiny(pretrain: bool, recipe: Recipe | None = None, cache_dir: str | P
         _save(model, tokenizer, staged, meta)
         try:
             staged.rename(cached)
-        except OSError:
+        except OSError:  # another machine sharing the cache dir finished first
             if not (cached / "lorafleet_tiny.json").is_file():
                 raise
-    return cached
 
 
 def resolve_base_model(name: str, cache_dir: str | Path | None = None) -> str:

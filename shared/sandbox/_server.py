@@ -30,7 +30,6 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 
 CLONE_NEWNS = 0x00020000
@@ -38,22 +37,23 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 # Every server runs its programs as its own uid: RLIMIT_NPROC counts per uid, so a fork bomb in one run
 # can't starve a run of another server, and "kill every process of this uid" reaches exactly one run.
 UID_BASE = 1_000_000
 SETUP_FD = 3
-T = {}
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
 # Imported once here so that a child finds them warm (typical of contest and HumanEval code).
+# Not threading (or queue, which imports it) nor random (or statistics): their at-fork hooks run in
+# every child; threading's alone doubles the cost of a fork. A program that needs them imports them.
 PRELOAD = (
     "array", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions",
-    "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "operator", "random", "re",
-    "statistics", "string", "threading", "traceback", "types", "typing", "atexit", "builtins", "cmath",
-    "queue", "textwrap", "unicodedata", "numbers", "contextlib", "abc", "struct", "time", "pprint",
+    "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "operator", "re",
+    "string", "traceback", "types", "typing", "atexit", "builtins", "cmath",
+    "textwrap", "unicodedata", "numbers", "contextlib", "abc", "struct", "time", "pprint",
 )
 
 # ---------------------------------------------------------------- framing (also used by the harness)
@@ -144,8 +144,35 @@ def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
             if os.path.isdir(target):
                 _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
         layers.append("private_tmp")
+        _expose_interpreter()
     except OSError:
         pass
+
+
+def _expose_interpreter() -> None:
+    """Let the run's uid read the Python installation even where it lives under a private directory.
+
+    With the interpreter under /root (0700, e.g. pyenv), an unprivileged program could import only
+    what the server had preloaded. Inside our mount namespace a tmpfs (0755) goes over the closed
+    ancestor and only the installation is bound back in: root's home stays hidden.
+    """
+    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    needed.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    by_blocker: dict[str, list[str]] = {}
+    for path in sorted(needed):
+        parts = path.strip("/").split("/")
+        for i in range(len(parts)):
+            anc = "/" + "/".join(parts[:i])
+            if anc != "/" and not os.stat(anc).st_mode & 0o001:
+                by_blocker.setdefault(anc, []).append(path)
+                break
+    for blocker, paths in by_blocker.items():
+        fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths}
+        _mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        for p, fd in fds.items():
+            os.makedirs(p, 0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+            os.close(fd)
 
 
 class Server:
@@ -166,8 +193,9 @@ class Server:
         self.layers.append("no_new_privs")
         if not self.pidns:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        base = "/tmp" if "private_tmp" in self.layers else None
-        self.workroot = tempfile.mkdtemp(prefix="lorafleet-sandbox-", dir=base)
+        base = "/tmp" if self.private_tmp else os.environ.get("TMPDIR", "/tmp")
+        self.workroot = os.path.join(base, f"lorafleet-sandbox-{os.urandom(6).hex()}")
+        os.mkdir(self.workroot, 0o711)
         os.chmod(self.workroot, 0o711)
         self.counter = 0
         self.outer = outer
@@ -176,10 +204,22 @@ class Server:
 
     # -------------------------------------------------------------- one run
 
+    def prepare_children(self) -> None:
+        """Everything every child would set up the same way is done once, here, before the first fork.
+
+        One run at a time, so the working directory path is the same for every run (it is removed and
+        made anew each time); environment, argv, sys.path and the stdio objects are ready-made.
+        """
+        self.workdir = os.path.join(self.workroot, "run")
+        os.environ.clear()
+        os.environ.update(PATH=MIN_PATH, HOME=self.workdir, TMPDIR=self.workdir, LANG="C.UTF-8")
+        sys.argv = [os.path.join(self.workdir, "solution.py")]
+        sys.path.insert(0, self.workdir)
+        _fresh_stdio()  # on fds 0-2 (/dev/null here); a child dup2s its pipes under them
+
     def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
-        T.clear(); T["start"] = time.monotonic()
         self.counter += 1
-        workdir = os.path.join(self.workroot, f"run{self.counter}")
+        workdir = self.workdir
         os.mkdir(workdir, 0o700)
         try:
             path = os.path.join(workdir, "solution.py")
@@ -223,7 +263,6 @@ class Server:
         sys.stderr.flush()
         t0 = time.monotonic()
         pid = os.fork()
-        T["fork"] = time.monotonic()
         if pid == 0:
             try:
                 _child(self, req, code, workdir, (r0, w1, w2, ws))
@@ -270,7 +309,6 @@ class Server:
                     os.close(pidfd)
                     _, status, ru = os.wait4(pid, 0)
                     exited = (status, ru, time.monotonic())
-                    T["exit"] = time.monotonic()
                     # The run ends with its main process: nothing it started may outlive it.
                     self._kill_all(pid)
                     if w0 >= 0:
@@ -318,9 +356,7 @@ class Server:
         if exited is None:  # unreachable unless the drain loop broke early
             _, status, ru = os.wait4(pid, 0)
             exited = (status, ru, time.monotonic())
-        T["loopdone"] = time.monotonic()
         self._reap()
-        T["reaped"] = time.monotonic()
         status, ru, t1 = exited
         setup = os.read(rs, 4096)
         os.close(rs)
@@ -400,8 +436,6 @@ class Server:
                 head, outs = self.execute(req, blobs[0], blobs[1])
             except Exception as e:  # noqa: BLE001 - reported to the harness as sandbox_error
                 head, outs = {"error": f"{type(e).__name__}: {e}"}, (b"", b"")
-            T["end"] = time.monotonic()
-            head["T"] = {k: (v - T["start"]) * 1000 for k, v in T.items()}
             send_msg(self.sock, head, outs)
 
 
@@ -451,12 +485,7 @@ def _child(server: Server, req: dict, code: bytes, workdir: str, fds: tuple[int,
             os.setgroups([])
             os.setresgid(server.gid, server.gid, server.gid)
             os.setresuid(server.uid, server.uid, server.uid)
-        os.environ.clear()
-        os.environ.update(PATH=MIN_PATH, HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8")
-        _fresh_stdio()
-        path = os.path.join(workdir, "solution.py")
-        sys.argv = [path]
-        sys.path.insert(0, workdir)
+        path = sys.argv[0]  # environment, argv, sys.path and stdio: see Server.prepare_children
         os.write(SETUP_FD, b"ok")
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001
@@ -495,7 +524,6 @@ def _fresh_stdio() -> None:
 def _run_program(req: dict, code: str, path: str) -> int:
     import atexit
     import builtins
-    import threading
     import traceback
     import types
 
@@ -517,7 +545,9 @@ def _run_program(req: dict, code: str, path: str) -> int:
         traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
         exit_code = 1
     try:
-        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, like interpreter exit
+        threading = sys.modules.get("threading")
+        if threading is not None:  # join non-daemon threads, like interpreter exit
+            threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
     except SystemExit as e:
         exit_code = _exit_code(e)
@@ -589,6 +619,7 @@ def main(argv: list[str]) -> None:
             __import__(name)
         except ImportError:
             pass
+    server.prepare_children()
     import gc
 
     gc.collect()

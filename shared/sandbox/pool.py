@@ -48,7 +48,7 @@ class ForkServer:
 
     def __init__(self, namespaces: bool = True, drop_privileges: bool = True) -> None:
         ours, theirs = socket.socketpair()
-        args = [sys.executable, "-I", str(SERVER_PATH), str(theirs.fileno())]
+        args = [sys.executable, "-I", "-S", str(SERVER_PATH), str(theirs.fileno())]
         if not namespaces:
             args.append("--no-namespaces")
         if not drop_privileges:

@@ -68,6 +68,8 @@ async def test_sigkill_each_service_once_and_the_run_completes_once(nats_url, fl
         killed: dict[str, float] = {}
         deadline = time.monotonic() + 360
         while time.monotonic() < deadline and len(killed) < len(SERVICES):
+            failed = [d for t, d in events.items if t.endswith(".failed")]
+            assert not failed, f"{failed}\n{fleet.logs()}"
             for service, input_type in INPUT_OF.items():
                 if service not in killed and events.of(input_type):
                     await asyncio.sleep(0.3)  # let it pick the message up: the kill lands mid-handling

@@ -39,7 +39,8 @@ def problems(source: SourceSection, domains: list[str] | None = None) -> Iterato
             yield row
             continue
         try:
-            yield loader.to_problem(row, index)
+            # rows without an id column (TACO) are named by position, within their split
+            yield loader.to_problem(row, f"{source.split}-{index}" if source.split else index)
         except Malformed as exc:
             yield exc
         except ValidationError as exc:  # a value of the wrong shape inside an otherwise readable row

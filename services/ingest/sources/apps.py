@@ -31,7 +31,7 @@ def solutions_from(value: object) -> list[str]:
     return [s.replace("\r\n", "\n") for s in sols if isinstance(s, str) and s.strip()]
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     pid = row.get("problem_id", index)
     statement = text(row.get("question"), "question")
     tests = tests_from_input_output(json_field(row.get("input_output"), "input_output", default={}))

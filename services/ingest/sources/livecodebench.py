@@ -88,7 +88,7 @@ def _tests(cases: object, func_name: str | None) -> list[TestCase]:
     return tests
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     qid = text(row.get("question_id"), "question_id") if not isinstance(row.get("question_id"), int) else str(row["question_id"])
     statement = text(row.get("question_content"), "question_content")
     metadata = json_field(row.get("metadata"), "metadata", default={})

@@ -11,7 +11,7 @@ from lorafleet.shared.problems import Problem
 NAME = "lorafleet"
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     try:
         problem = Problem.model_validate(row)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from lorafleet.shared.problems import Problem
 NAME = "production"
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     problem = _problem(row, index)
     if problem.source != NAME:
         problem = problem.model_copy(update={"source": NAME})

@@ -18,7 +18,7 @@ from lorafleet.shared.problems import Limits, Problem
 NAME = "taco"
 
 
-def to_problem(row: dict, index: int) -> Problem:
+def to_problem(row: dict, index: int | str) -> Problem:
     statement = text(row.get("question"), "question")
     tests = tests_from_input_output(json_field(row.get("input_output"), "input_output", default={}))
     raw = row.get("difficulty")

@@ -32,7 +32,7 @@ async def test_kill_and_restart_asks_only_for_the_missing(chat_server, example_f
 
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     for _ in range(600):
-        if chat_server.total_requests >= 60 or proc.returncode is not None:
+        if chat_server.total_requests >= 80 or proc.returncode is not None:
             break
         await asyncio.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -43,7 +43,7 @@ async def test_kill_and_restart_asks_only_for_the_missing(chat_server, example_f
 
     with sqlite3.connect(tmp_path / "data" / "enrich" / "cache.sqlite") as db:
         cached = {row[0] for row in db.execute("SELECT key FROM answers")}
-    assert 40 <= len(cached) < 160
+    assert 20 <= len(cached) < 160  # commits come in groups: the last fraction of a second is lost
     cfg = EnrichSection()
     keys = [core.make_request(e, "reasoner", cfg).key for e in examples]
     pids = [chat_server.prompt_id(core.build_messages(e)) for e in examples]

@@ -160,3 +160,20 @@ async def test_identical_prompts_are_asked_once(chat_server, example_factory, da
         stats = await enrich_dataset(src, tmp_path / "out", EnrichSection(**FAST), target(chat_server), cache)
     assert stats["requests"] == 2 and stats["generated"] == 2 and stats["cached"] == 1
     assert all(e.reasoning for e in read_examples(tmp_path / "out" / "train.jsonl"))
+
+
+async def test_wrong_path_is_fatal_not_a_dataset_of_failures(chat_server, example_factory, dataset_writer, tmp_path):
+    src = dataset_writer(tmp_path / "ds", [example_factory(i) for i in range(3)])
+    wrong = Target(f"http://127.0.0.1:{chat_server.port}/api/v2", "reasoner", None)
+    with AnswerCache.in_data_dir(tmp_path / "data") as cache, pytest.raises(EndpointError, match="base URL"):
+        await enrich_dataset(src, tmp_path / "out", EnrichSection(**FAST), wrong, cache)
+    assert not (tmp_path / "out").exists()
+
+
+async def test_a_run_served_from_the_cache_needs_no_endpoint(chat_server, example_factory, dataset_writer, tmp_path):
+    src = dataset_writer(tmp_path / "ds", [example_factory(i) for i in range(5)])
+    with AnswerCache.in_data_dir(tmp_path / "data") as cache:
+        await enrich_dataset(src, tmp_path / "out", EnrichSection(**FAST), target(chat_server), cache)
+        await chat_server.stop()
+        again = await enrich_dataset(src, tmp_path / "out2", EnrichSection(**FAST), target(chat_server), cache)
+    assert again["cached"] == 5 and again["requests"] == 0

@@ -141,3 +141,31 @@ async def test_replicas_in_one_process_share_one_durable_consumer(settings, js, 
     assert sorted(seen["a"] + seen["b"]) == sorted(e.event_id for e in events)
     assert seen["a"] and seen["b"]
     assert [c.name for c in await js.consumers_info("LORAFLEET")] == ["enrich"]
+
+
+async def test_stopping_mid_handler_hands_the_message_back_at_once(settings, js, h):
+    from lorafleet.shared.bus import Runner
+
+    settings = settings.model_copy(update={"ack_wait_s": 30.0})  # a redelivery by timeout would take 30 s
+    slow, fast = Service("trainer"), Service("trainer")
+    started = asyncio.Event()
+    done: list[str] = []
+
+    @slow.handler(TrainRequested)
+    async def on_train_requested(event: TrainRequested, ctx) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    @fast.handler(TrainRequested)
+    async def on_train_requested_again(event: TrainRequested, ctx) -> None:
+        done.append(event.event_id)
+
+    first = Runner(slow, settings)
+    await first.start()
+    sent = request()
+    await publish_event(js, sent)
+    await asyncio.wait_for(started.wait(), 10)
+    await first.stop(grace_s=0.2)
+    async with fast.running(settings):
+        await h.wait_for(lambda: done, timeout=10, what="the handed-back message")
+    assert done == [sent.event_id]

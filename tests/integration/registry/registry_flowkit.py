@@ -11,14 +11,15 @@ from lorafleet.shared.config import TrainConfig
 from lorafleet.shared.events import STREAM, AdapterEvaluated, ArtifactRef, GateCriterion
 
 
-def write_adapter(path: Path, rank: int = 16, modules=("q_proj", "v_proj"), name: str = "python-lora") -> Path:
+def write_adapter(path: Path, rank: int = 16, modules=("q_proj", "v_proj"), name: str = "python-lora",
+                  with_config: bool = True) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(modules),
         "base_model_name_or_path": "tiny-base", "task_type": "CAUSAL_LM"}))
     (path / "adapter_model.safetensors").write_bytes(b"\0" * 1024 + str(path).encode())
     config = TrainConfig(adapter_name=name, base_model="tiny-base").model_dump(mode="json")
-    (path / "training_summary.json").write_text(json.dumps({"config": config, "steps": 10}))
+    (path / "training_summary.json").write_text(json.dumps({"config": config} if with_config else {"steps": 10}))
     return path
 
 

@@ -63,3 +63,18 @@ async def test_kill_mid_promotion_then_restart_is_consistent(nc, store, nats_url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+async def test_service_start_publishes_what_a_killed_registry_left(nc, store, nats_url, tmp_path):
+    """The registry service's start hook sweeps every outbox."""
+    from lorafleet.services.registry.app import service
+    from lorafleet.shared.settings import Settings
+
+    s = RegistrySettings()
+    await store.apply("py", lambda st: core.register(st, evaluated(name="py"), INFO, 1, NOW, s))
+    await store.update("py", lambda st: core.promote(st, "py", 1, NOW))  # written, never published
+    settings = Settings(nats_url=nats_url, artifact_backend="local", artifact_dir=tmp_path)
+    async with service.running(settings):
+        promoted = await read(nc.jetstream(), "lorafleet.v1.adapter.promoted")
+    assert [e["version"] for e in promoted] == [1]
+    assert (await store.get("py"))[0].outbox == []

@@ -13,10 +13,12 @@ from lorafleet.services.registry.routing import request_route
 from lorafleet.services.registry.store import RegistryStore
 from lorafleet.shared.artifacts import LocalArtifactStore
 from lorafleet.shared.bus import publish_event
-from lorafleet.shared.events import STREAM, ProductionOutcome
+from lorafleet.shared.config import TrainConfig
+from lorafleet.shared.events import STREAM, ProductionOutcome, TrainRequested
 from lorafleet.shared.settings import Settings
 
 NAME = "python-lora"
+CONFIG = TrainConfig(adapter_name=NAME, base_model="tiny-base", quantization="none").model_dump(mode="json")
 SUM_TESTS = [{"kind": "stdio", "input": "2 3\n", "output": "5\n"}, {"kind": "stdio", "input": "10 -4\n", "output": "6\n"}]
 
 
@@ -54,7 +56,7 @@ async def play_traffic(nc, js, n: int, rates: dict[str, float], prefix: str) -> 
 async def test_full_flow(settings, tmp_path):
     artifacts = LocalArtifactStore(settings.local_artifact_root)
     v1 = await artifacts.put_dir(write_adapter(tmp_path / "v1", rank=16), "adapters/python-lora/v1")
-    v2 = await artifacts.put_dir(write_adapter(tmp_path / "v2", rank=32), "adapters/python-lora/v2")
+    v2 = await artifacts.put_dir(write_adapter(tmp_path / "v2", rank=32, with_config=False), "adapters/python-lora/v2")
     async with service.running(settings) as runner:
         nc, js = runner.ctx.nc, runner.ctx.js
         store = await RegistryStore.open(js)
@@ -76,7 +78,9 @@ async def test_full_flow(settings, tmp_path):
         await asyncio.sleep(0.2)
         assert (await request_route(nc, NAME, "anything")).version == 1  # cache follows the KV watch
 
-        # 3. a worse v2 is rolled back (retired); v1 stays active
+        # 3. a worse v2 is rolled back (retired); v1 stays active. Its config comes from its train.requested.
+        await publish_event(js, TrainRequested(request_id="train-python-lora-2", adapter_name=NAME, config=CONFIG,
+                                               config_sha256="x"))
         await publish_event(js, evaluated_event(v2, 2))
         await wait_count(js, subj("adapter.ab_started"), 2)
         await asyncio.sleep(0.2)
@@ -86,6 +90,7 @@ async def test_full_flow(settings, tmp_path):
         await runner.ctx.deps.recorder.wait_for((await js.get_last_msg(STREAM, subj("production.outcome"))).seq)
         state, _ = await store.get(NAME)
         assert state.active == 1 and state.versions[2].status == "retired"
+        assert state.versions[2].train_config == CONFIG
         assert state.versions[1].metrics.requests + state.versions[2].metrics.requests + state.base_metrics.requests == 400
 
         # 4. confident successes with tests → sandbox-checked pool → exactly one retrain
@@ -97,7 +102,7 @@ async def test_full_flow(settings, tmp_path):
         await outcome(js, 1, "wrong", True, confidence=0.99, problem="Print the sum.", solution="print(0)",
                       tests=SUM_TESTS)  # fails re-verification
         await outcome(js, 1, "unsure", True, confidence=0.9, problem="x", solution="print(1)")  # not > 0.9
-        retrain = await wait_count(js, subj("train.requested"), 1, timeout=60)
+        retrain = [e for e in await wait_count(js, subj("train.requested"), 2, timeout=60) if e["reason"] == "retrain"]
         assert retrain[0]["reason"] == "retrain" and retrain[0]["adapter_name"] == NAME
         source = retrain[0]["extra_sources"][0]
         assert source["type"] == "production"
@@ -107,7 +112,7 @@ async def test_full_flow(settings, tmp_path):
         assert len(lines) == 4 and all(p["source"] == "production" and p["meta"]["verified"] for p in lines)
         assert all(p["solutions"] == ["a, b = map(int, input().split())\nprint(a + b)\n"] for p in lines)
         await asyncio.sleep(1.0)  # several more checks: still exactly one request for this period
-        assert len(await read(js, subj("train.requested"))) == 1
+        assert len(await read(js, subj("train.requested"))) == 2  # the manual one + exactly one retrain
         status = await runner.ctx.deps.collector.status(NAME)
         assert status["pool_size"] == 4 and status["new_since_last"] == 0 and status["triggers"] == 1
 

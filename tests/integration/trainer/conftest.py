@@ -8,20 +8,10 @@ from pathlib import Path
 # pytest runs with --import-mode=importlib: make trainer_helpers importable.
 sys.path.insert(0, str(Path(__file__).parent))
 
-import asyncio
-import time
-from collections.abc import Callable
-from pathlib import Path
+import pytest  # noqa: E402
 
-import pytest
-import yaml
-
-from lorafleet.shared.bus import connect, ensure_stream
-from lorafleet.shared.config import parse_config
-from lorafleet.shared.events import STREAM, SUBJECT_PREFIX, parse_event
-from lorafleet.shared.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[3]
+from lorafleet.shared.bus import connect, ensure_stream  # noqa: E402
+from lorafleet.shared.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from lorafleet.shared.config import parse_config
-from lorafleet.shared.events import STREAM, SUBJECT_PREFIX, parse_event
+from lorafleet.shared.events import STREAM, SUBJECT_PREFIX, event_type_of_subject, parse_event
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -45,7 +45,7 @@ class EventLog:
     async def start(self, js) -> "EventLog":
         async def on_msg(msg):
             try:
-                self.events.append(parse_event(msg.subject, msg.data))
+                self.events.append((event_type_of_subject(msg.subject), parse_event(msg.subject, msg.data)))
             except ValueError:
                 pass
 
@@ -53,7 +53,7 @@ class EventLog:
         return self
 
     def of(self, event_type: str) -> list:
-        return [e for e in self.events if e.event_type == event_type]
+        return [e for t, e in self.events if t == event_type]
 
 
 async def stored_count(js, event_type: str) -> int:

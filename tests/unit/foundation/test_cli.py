@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jsonschema
+import pytest
 
 LORAFLEET = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
 
@@ -24,7 +25,9 @@ def test_help_lists_root_commands_and_groups(tmp_path):
         assert name in out.stdout
 
 
-def test_user_errors_are_one_line_without_traceback(tmp_path):
+def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys):
+    from lorafleet.shared import cli
+
     cases = [
         (("status",), {}, "run `lorafleet up`"),
         (("status",), {"LORAFLEET_NATS_URL": "http://nope"}, "is not a NATS URL"),
@@ -32,12 +35,18 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         (("serve", "nosuch"), {}, "unknown service 'nosuch'"),
         (("up", "--service", "nosuch"), {}, "unknown service(s) nosuch"),
     ]
+    monkeypatch.chdir(tmp_path)
     for args, env, expected in cases:
-        out = run(*args, cwd=tmp_path, **env)
-        lines = [line for line in out.stderr.splitlines() if line.strip()]
-        assert out.returncode == 2, (args, out.stderr)
-        assert lines and lines[-1].startswith("lorafleet: error:") and expected in lines[-1], (args, out.stderr)
-        assert "Traceback" not in out.stderr
+        for key in ("LORAFLEET_NATS_URL", "LORAFLEET_DATA_DIR", "LORAFLEET_DEBUG"):
+            monkeypatch.setenv(key, env.get(key, ""))  # restored after the test, whatever the CLI sets
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(list(args))
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert exit_info.value.code == 2, (args, err)
+        assert lines and lines[-1].startswith("lorafleet: error:") and expected in lines[-1], (args, err)
+        assert "Traceback" not in err
+    monkeypatch.setenv("LORAFLEET_NATS_URL", "")
     debug = run("--debug", "serve", "nosuch", cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
@@ -60,3 +69,16 @@ def test_events_schema_writes_valid_json_schemas(tmp_path):
         pass
     else:
         raise AssertionError("confidence above 1 must be rejected by the schema")
+
+
+def test_a_broken_area_cli_is_reported_not_skipped(monkeypatch, capsys):
+    from lorafleet.shared import cli
+
+    monkeypatch.setattr(cli, "AREA_CLIS", ("lorafleet.services.nosuch.cli",))
+    monkeypatch.setattr(cli, "load_errors", [])
+    cli.mount_area_clis()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    err = capsys.readouterr().err
+    assert "lorafleet.services.nosuch.cli are unavailable (ModuleNotFoundError" in err

@@ -162,3 +162,10 @@ def test_train_file_pair_missing_falls_back_to_sources(tmp_path):
     only_files = DataSection(train_file=str(tmp_path / "t.jsonl"), eval_file=str(tmp_path / "e.jsonl"))
     with pytest.raises(ConfigError, match="data.train_file: .* not found"):
         build_dataset(only_files, judge=None, out_dir=None)
+
+
+def test_same_source_twice_counts_duplicate_ids():
+    he = SourceSection(type="humaneval", path=str(FIXTURES / "humaneval.jsonl.gz"))
+    data = DataSection(sources=[he, he], min_examples=0, domains=[], verify={"enabled": False})
+    report = build_dataset(data, judge=None, out_dir=None)
+    assert report["problems"] == 2 and report["malformed"] == {"duplicate_id": 2}

@@ -143,3 +143,24 @@ def test_event_ids_are_deterministic_per_transition():
     a = core.promote(st, "python-lora", 1, NOW).events[0]
     b = core.promote(st, "python-lora", 1, NOW).events[0]
     assert a.event_id == b.event_id
+
+
+def test_changing_the_control_under_a_running_ab_test_restarts_its_counts():
+    st = core.promote(registered(1), "python-lora", 1, NOW).state
+    st = core.register(st, evaluated(version=2), INFO, 12, NOW, S).state
+    st = core.promote(st, "python-lora", 2, NOW).state
+    st = core.register(st, evaluated(version=3), INFO, 13, NOW, S).state
+    st = core.apply_outcomes(st, "python-lora", outcomes(1, 3, 30, 30) + outcomes(31, 2, 30, 0), S, NOW).state
+    st = core.rollback(st, "python-lora", NOW).state  # v2 → v1 while v3 is being tested
+    assert st.active == 1 and st.ab.candidate == 3 and st.ab.control == 1
+    assert st.ab.candidate_baseline.requests == 30  # earlier outcomes don't count against the new control
+    ch = core.apply_outcomes(st, "python-lora", outcomes(61, 3, 30, 30) + outcomes(91, 1, 30, 0), S, NOW)
+    assert ch.state.ab is not None and not ch.events  # 30 per arm since the change: below min_samples=50
+
+
+def test_inconclusive_test_ends_and_candidate_stays():
+    s = RegistrySettings(ab_min_samples=20, ab_max_samples=40)
+    st = registered(1, settings=s)
+    ch = core.apply_outcomes(st, "python-lora", outcomes(1, 1, 40, 20) + outcomes(41, 0, 40, 20), s, NOW)
+    assert ch.state.ab is None and ch.state.versions[1].status == "candidate" and not ch.events
+    assert ch.state.history[-1].action == "ab_inconclusive"
