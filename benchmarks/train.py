@@ -179,6 +179,11 @@ def gpu_benchmark(steps: int) -> None:
 
 
 def main() -> None:
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--gpu-steps", type=int, default=20)

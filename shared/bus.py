@@ -308,7 +308,11 @@ class Service:
     async def running(self, settings: Settings | None = None) -> AsyncIterator["Runner"]:
         """Connect, set up, start consuming; stop cleanly on exit. For `serve` and tests."""
         runner = Runner(self, settings or get_settings())
-        await runner.start()
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.stop(grace_s=0)  # a failed bootstrap or start hook must not leak the connection
+            raise
         try:
             yield runner
         finally:
@@ -418,6 +422,11 @@ class Runner:
             if free <= 0:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if free < self.service.concurrency // 2:
+                # Let a few more slots free up (2 ms at most) so one pull fetches several messages
+                # instead of one round trip per message.
+                await asyncio.wait(self._inflight, timeout=0.002)
+                free = self.service.concurrency - len(self._inflight)
             try:
                 msgs = await self._sub.fetch(free, timeout=self.FETCH_TIMEOUT_S)
             except (NatsTimeoutError, asyncio.TimeoutError):

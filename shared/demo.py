@@ -18,6 +18,7 @@ Every process it starts is in its own process group, dies with it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -233,13 +234,19 @@ class Demo:
         os.environ["LORAFLEET_DATA_DIR"] = str(self.data_dir.resolve())
         os.environ.pop("LORAFLEET_NATS_URL", None)
         os.environ["LORAFLEET_EMBEDDED_PORT"] = "0"  # never collide with a `lorafleet up` already running
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         settings = get_settings()
 
         t = time.monotonic()
         self.say(f"tiny base model ({cfg.base_model}): building or reusing the cache ...")
         from lorafleet.services.trainer.tiny_model import resolve_base_model
 
-        model_dir = Path(resolve_base_model(cfg.base_model))
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        # Pretraining prints its loss dicts and progress bars: into the log, not over the demo's lines.
+        with open(logs / "tiny-model.log", "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            model_dir = Path(resolve_base_model(cfg.base_model))
         self.timings["tiny model"] = time.monotonic() - t
         self.say(f"tiny base model ready in {self.timings['tiny model']:.1f}s: {model_dir}")
         return cfg, settings, model_dir
@@ -294,7 +301,7 @@ class Demo:
             self.say(f"[bold]train.requested[/bold] {cfg.adapter_name} (request {request.request_id[:8]})")
             sub = await js.subscribe(f"{SUBJECT_PREFIX}.>", ordered_consumer=True, config=api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=ack.seq))
-            deadline = self.t0 + self.timeout_s
+            deadline = time.monotonic() + self.timeout_s  # from here: a first-time model build is not counted
             retrain_done = False
             while not retrain_done:
                 remaining = deadline - time.monotonic()

@@ -152,7 +152,7 @@ class ChatClient:
         self.last_success = 0.0  # monotonic time of the last answered request
 
     async def __aenter__(self) -> "ChatClient":
-        headers = {"Content-Type": "application/json"}
+        headers = {}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self._session = aiohttp.ClientSession(

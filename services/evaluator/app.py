@@ -143,6 +143,10 @@ async def on_adapter_trained(event: AdapterTrained, ctx: Context) -> list[Event]
 @service.handler(EvalShardRequested)
 async def on_eval_shard_requested(event: EvalShardRequested, ctx: Context) -> list[Event]:
     deps: Deps = ctx.deps
+    done = await _recorded_result(ctx, event)
+    if done is not None:  # redelivered after its result was recorded: don't score the problems again
+        return [event.follow(EvalShardDone, 0, evaluation_id=event.evaluation_id, shard_index=event.shard_index,
+                             shard_count=event.shard_count, result=done)]
     spec = await _load_spec(ctx, event.spec)
     trained = AdapterTrained.model_validate(spec.trained)
     ev = EvaluationSection.model_validate(spec.evaluation)
@@ -165,6 +169,14 @@ async def on_eval_shard_requested(event: EvalShardRequested, ctx: Context) -> li
                           f"evaluations/{event.evaluation_id}/shard-{event.shard_index:05d}.json")
     return [event.follow(EvalShardDone, 0, evaluation_id=event.evaluation_id, shard_index=event.shard_index,
                          shard_count=event.shard_count, result=ref)]
+
+
+async def _recorded_result(ctx: Context, event: EvalShardRequested) -> ArtifactRef | None:
+    try:
+        entry = await (await _kv(ctx)).get(f"eval.{event.evaluation_id}")
+    except KeyNotFoundError:
+        return None
+    return EvalProgress.model_validate_json(entry.value).done.get(str(event.shard_index))
 
 
 async def _backend_for(ctx: Context, trained: AdapterTrained, ev: EvaluationSection):

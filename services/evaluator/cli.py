@@ -71,6 +71,7 @@ def score_cmd(
     k: Annotated[str, typer.Option("--k", help="comma-separated k values")] = "1,5",
     mode: Annotated[str, typer.Option("--mode", help="auto | chat (extract the code block) | completion (prompt + completion)")] = "auto",
     workers: Annotated[Optional[int], typer.Option("--workers", help="sandbox workers (default: the machine's cores)")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="only problems dated after this ISO date (LiveCodeBench cutoff)")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="also write a report directory here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="last line printed: one JSON object with the scores")] = False,
 ) -> None:
@@ -82,7 +83,7 @@ def score_cmd(
     ks = parse_ks(k)
     if mode not in ("auto", "chat", "completion"):
         raise LorafleetError(f"--mode {mode!r}: use auto, chat or completion")
-    probs = load_problems(problems, source)
+    probs = load_problems(problems, source, after=after)
     rows = load_samples(samples)
     results = asyncio.run(score_samples(probs, rows, make_judge(workers), mode))  # type: ignore[arg-type]
     n_min = min(r.n for r in results)
@@ -123,6 +124,7 @@ def run_cmd(
     load_adapter: Annotated[bool, typer.Option("--load-adapter", help="openai: POST /v1/load_lora_adapter with --adapter-path first")] = False,
     adapter_path: Annotated[Optional[str], typer.Option("--adapter-path", help="openai + --load-adapter: the path the server loads")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="sandbox workers")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="only problems dated after this ISO date (LiveCodeBench cutoff)")] = None,
 ) -> None:
     """Evaluate base vs base+adapter on a problem set and write the report (no bus)."""
     from pydantic import ValidationError
@@ -145,11 +147,11 @@ def run_cmd(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise LorafleetError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
-    asyncio.run(_run(ev, gate, adapter, base, problems, source, out, limit, load_adapter, adapter_path, workers))
+    asyncio.run(_run(ev, gate, adapter, base, problems, source, out, limit, load_adapter, adapter_path, workers, after))
 
 
 async def _run(ev, gate, adapter: str, base: str, problems: Path, source: str, out: Path, limit: int | None,
-               load_adapter: bool, adapter_path: str | None, workers: int | None) -> None:
+               load_adapter: bool, adapter_path: str | None, workers: int | None, after: str | None) -> None:
     from rich.progress import Progress
 
     from lorafleet.services.evaluator.backends import make_backend
@@ -159,7 +161,7 @@ async def _run(ev, gate, adapter: str, base: str, problems: Path, source: str, o
     from lorafleet.services.evaluator.models import SamplingParams
     from lorafleet.services.evaluator.problems_io import load_problems
 
-    probs = load_problems(problems, source, limit=limit or ev.max_problems)
+    probs = load_problems(problems, source, limit=limit or ev.max_problems, after=after)
     local_adapter = Path(adapter).is_dir()
     if ev.backend != "openai" and not local_adapter:
         raise LorafleetError(f"--adapter {adapter}: not a directory; the {ev.backend} backend needs a local peft adapter directory")

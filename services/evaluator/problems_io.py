@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ def guess_source(path: Path) -> str:
     return "humaneval" if "humaneval" in name else "lorafleet"
 
 
-def load_problems(path: str | Path, source: str = "auto", limit: int | None = None) -> list[Problem]:
+def load_problems(path: str | Path, source: str = "auto", limit: int | None = None, after: str | None = None) -> list[Problem]:
+    """Problems of an evaluation set; `after` (ISO date) keeps only problems dated later
+    (LiveCodeBench after the training data's cutoff), dropping undated ones."""
     from lorafleet.services.ingest.sources import check_type, problems
     from lorafleet.services.ingest.normalise import Malformed
     from lorafleet.shared.config import SourceSection
@@ -27,17 +30,24 @@ def load_problems(path: str | Path, source: str = "auto", limit: int | None = No
         raise LorafleetError(f"problems file {path} not found: pass a Problem JSONL (e.g. eval_problems.jsonl) "
                              "or HumanEval.jsonl.gz")
     source = guess_source(path) if source == "auto" else check_type(source)
+    if after:
+        try:
+            after = date.fromisoformat(after[:10]).isoformat()
+        except ValueError:
+            raise LorafleetError(f"--after {after!r}: expected an ISO date such as 2025-01-31") from None
     out: list[Problem] = []
     bad: list[str] = []
     for item in problems(SourceSection(type=source, path=str(path)), None):
         if isinstance(item, Malformed):
             bad.append(str(item))
             continue
+        if after and not (item.contest_date and item.contest_date[:10] > after):
+            continue
         out.append(item)
         if limit and len(out) >= limit:
             break
     if not out:
-        detail = f"; first error: {bad[0]}" if bad else ""
+        detail = f"; first error: {bad[0]}" if bad else (f"; none dated after {after}" if after else "")
         raise LorafleetError(f"{path}: no usable {source} problems{detail} (is --source right?)")
     return out
 

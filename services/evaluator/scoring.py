@@ -15,6 +15,7 @@ from lorafleet.shared.problems import Problem
 
 Mode = Literal["chat", "completion", "auto"]
 MAX_COMPLETION_CHARS = 4000
+KEEP_COMPLETIONS = 3  # sampled completions kept per problem and variant in results (greedy always kept)
 MAX_DETAIL_CHARS = 500
 
 # judge([(program, problem), ...]) -> objects with verdict, passed_tests, total_tests, detail
@@ -80,7 +81,8 @@ async def score(
     to_judge: list[tuple[int, str]] = []
     for i, c in enumerate(completions):
         program = program_for(problems[c.problem_id], c.text, mode)
-        base = dict(index=c.index, output_tokens=c.output_tokens, completion=_cut(c.text, MAX_COMPLETION_CHARS))
+        kept = _cut(c.text, MAX_COMPLETION_CHARS) if c.index < KEEP_COMPLETIONS else None
+        base = dict(index=c.index, output_tokens=c.output_tokens, completion=kept)
         if program is None:
             results[i] = SampleResult(verdict="no_code", error="no_code", **base)
         elif (err := syntax_error(program)) is not None:
@@ -94,7 +96,8 @@ async def score(
         results[i] = SampleResult(
             index=c.index, verdict=verdict, error="runtime_error" if verdict == "runtime_error" else None,
             passed_tests=j.passed_tests, total_tests=j.total_tests, output_tokens=c.output_tokens,
-            detail=_cut(getattr(j, "detail", None), MAX_DETAIL_CHARS), completion=_cut(c.text, MAX_COMPLETION_CHARS),
+            detail=_cut(getattr(j, "detail", None), MAX_DETAIL_CHARS),
+            completion=_cut(c.text, MAX_COMPLETION_CHARS) if c.index < KEEP_COMPLETIONS else None,
         )
     grouped: dict[tuple[str, str], list[SampleResult]] = {}
     for c, r in zip(completions, results, strict=True):

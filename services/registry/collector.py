@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import tempfile
 import uuid
@@ -354,7 +353,3 @@ class Collector:
 async def retrain_status(store: RegistryStore, adapter_name: str) -> dict[str, Any]:
     collector = await Collector.open(store, artifacts=None, verify=None)
     return await collector.status(adapter_name)
-
-
-def dumps(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2, default=str)

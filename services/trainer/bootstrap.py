@@ -17,7 +17,11 @@ class Deps:
 
 
 def bootstrap(settings: Settings) -> Deps:
+    import datasets
+
     from lorafleet.shared.sandbox import judge_many
+
+    datasets.disable_progress_bars()  # per-map progress bars flood service logs; progress goes out as events
 
     root = Path(settings.data_dir).resolve() / "trainer"
     (root / "jobs").mkdir(parents=True, exist_ok=True)

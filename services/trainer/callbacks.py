@@ -89,6 +89,8 @@ class ProgressCallback(TrainerCallback):
         self.start_tokens = state.num_input_tokens_seen
 
     def _report(self, state, **fields: Any) -> None:
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in fields.items() if v is not None}
+        log.info("step %d/%d %s", state.global_step, state.max_steps, " ".join(f"{k}={v}" for k, v in shown.items()))
         if self.emit is None or self.started is None:
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)

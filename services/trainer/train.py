@@ -220,6 +220,7 @@ def train(job: TrainJob) -> TrainResult:
     from datasets import Dataset
     from peft import get_peft_model
     from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
@@ -272,6 +273,7 @@ def train(job: TrainJob) -> TrainResult:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback logs instead of printing dicts
     for cb in callbacks:
         if isinstance(cb, PassAtOneCallback):
             cb.model = trainer.model

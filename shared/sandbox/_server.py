@@ -24,7 +24,7 @@ import errno
 import json
 import os
 import resource
-import selectors
+import select
 import shutil
 import signal
 import socket
@@ -37,12 +37,13 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 0x4000, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 # Every server runs its programs as its own uid: RLIMIT_NPROC counts per uid, so a fork bomb in one run
 # can't starve a run of another server, and "kill every process of this uid" reaches exactly one run.
 UID_BASE = 1_000_000
 SETUP_FD = 3
+PIPE_CHUNK = 65536
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -139,14 +140,81 @@ def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
     try:
         _mount("none", "/", None, MS_REC | MS_PRIVATE)
         layers.append("mount_namespace")
+    except OSError:
+        return
+    try:
+        _pivot_to_minimal_root()
+        layers.append("private_root")
+    except OSError:
+        pass  # keep the host's tree, still with private /proc and /tmp below
+    try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         for target, size in (("/tmp", "256m"), ("/var/tmp", "16m"), ("/dev/shm", "64m")):
             if os.path.isdir(target):
                 _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
         layers.append("private_tmp")
-        _expose_interpreter()
+        if "private_root" not in layers:
+            _expose_interpreter()
     except OSError:
         pass
+
+
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+MNT_DETACH = 2
+# What a Python program may need from the host, read-only: the system (programs, shared libraries,
+# /etc for locale, timezone and users) plus the interpreter's own installation and venv.
+ROOT_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+
+
+def _pivot_to_minimal_root() -> None:
+    """Make the namespace's / a tmpfs holding only ROOT_DIRS and the Python installation.
+
+    Data on the host (datasets with expected outputs, artifacts, home directories, the project tree)
+    is simply not there. The tree is built on a tmpfs at /tmp, then pivot_root(".", ".") swaps it in.
+    """
+    import platform
+
+    nr = SYS_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, "pivot_root: unknown architecture")
+    new = "/tmp"
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    try:
+        binds = [d for d in ROOT_DIRS if os.path.lexists(d)]
+        python = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+        python.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+        for d in binds + sorted(python):
+            target = new + d
+            if os.path.islink(d) and d in ROOT_DIRS:
+                os.symlink(os.readlink(d), target)
+                continue
+            if os.path.lexists(target):
+                continue  # already inside a bound directory
+            os.makedirs(target, 0o755, exist_ok=True)
+            _mount(d, target, None, MS_BIND | MS_REC)
+            _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.makedirs(new + "/dev/shm", 0o755)
+        for node in DEV_NODES:
+            open(f"{new}/dev/{node}", "w").close()
+            _mount(f"/dev/{node}", f"{new}/dev/{node}", None, MS_BIND)
+        for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                           ("stderr", "/proc/self/fd/2")):
+            os.symlink(link, f"{new}/dev/{name}")
+        for d in ("proc", "tmp", "var/tmp"):
+            os.makedirs(f"{new}/{d}", 0o755)
+        os.chdir(new)
+        if _libc.syscall(nr, b".", b".") != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"pivot_root: {os.strerror(e)}")
+    except BaseException:
+        os.chdir("/")
+        _libc.umount2(new.encode(), MNT_DETACH)
+        raise
+    if _libc.umount2(b".", MNT_DETACH) != 0:  # the old root, stacked under the new one
+        e = ctypes.get_errno()
+        raise OSError(e, f"umount old root: {os.strerror(e)}")
+    os.chdir("/")
 
 
 def _expose_interpreter() -> None:
@@ -259,8 +327,16 @@ class Server:
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
         rs, ws = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        pending = memoryview(stdin)
+        if pending:  # most inputs fit the pipe: written before the fork, no write loop needed
+            os.set_blocking(w0, False)
+            try:
+                pending = pending[os.write(w0, pending[:PIPE_CHUNK]):]
+            except BlockingIOError:
+                pass
+        if not pending:
+            os.close(w0)
+            w0 = -1
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -271,89 +347,71 @@ class Server:
         for fd in (r0, w1, w2, ws):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
-        sel = selectors.DefaultSelector()
+        poller = select.poll()
         caps = {r1: lim["stdout_cap"], r2: lim["stderr_cap"]}
         bufs = {r1: bytearray(), r2: bytearray()}
         truncated = {r1: False, r2: False}
-        for fd in (r1, r2):
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        view = memoryview(stdin)
-        if stdin:
-            os.set_blocking(w0, False)
-            sel.register(w0, selectors.EVENT_WRITE)
-        else:
-            os.close(w0)
-            w0 = -1
-        sel.register(pidfd, selectors.EVENT_READ)
+        watched = {r1, r2, pidfd}
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        if w0 >= 0:
+            poller.register(w0, select.POLLOUT)
+            watched.add(w0)
+
+        def drop(fd: int) -> None:
+            poller.unregister(fd)
+            watched.discard(fd)
+            os.close(fd)
+
         deadline = t0 + lim["wall_s"]
         killed_for = None
         exited = None
-        drain_deadline = None
-        while True:
+        end = deadline
+        while watched:
             now = time.monotonic()
-            if exited is not None and (not sel.get_map() or len(sel.get_map()) == 0):
-                break
-            if exited is None and now >= deadline and killed_for is None:
+            if exited is None and killed_for is None and now >= deadline:
                 killed_for = "wall"
                 self._kill_all(pid)
-            if drain_deadline is not None and now >= drain_deadline:
+            if exited is not None and now >= end:
                 break
-            timeout = (drain_deadline if drain_deadline is not None else deadline) - now
-            if killed_for is not None and exited is None:
-                timeout = 0.05
-            for key, _ in sel.select(max(0.0, timeout)):
-                fd = key.fd
+            wait = 0.05 if killed_for is not None and exited is None else max(0.0, end - now)
+            for fd, ev in poller.poll(wait * 1000):
                 if fd == pidfd:
-                    sel.unregister(pidfd)
-                    os.close(pidfd)
+                    drop(pidfd)
                     _, status, ru = os.wait4(pid, 0)
                     exited = (status, ru, time.monotonic())
                     # The run ends with its main process: nothing it started may outlive it.
                     self._kill_all(pid)
                     if w0 >= 0:
-                        sel.unregister(w0)
-                        os.close(w0)
+                        drop(w0)
                         w0 = -1
-                    drain_deadline = time.monotonic() + 2.0
+                    end = time.monotonic() + 2.0  # drain what is left in the pipes
                 elif fd == w0:
                     try:
-                        n = os.write(w0, view[:65536])
-                        view = view[n:]
+                        pending = pending[os.write(w0, pending[:PIPE_CHUNK]):]
                     except BlockingIOError:
                         continue
-                    except OSError:  # the program closed stdin: fine
-                        view = view[:0]
-                    if not view:
-                        sel.unregister(w0)
-                        os.close(w0)
+                    except OSError:  # the program closed its stdin: fine
+                        pending = pending[:0]
+                    if not pending:
+                        drop(w0)
                         w0 = -1
-                else:
-                    try:
-                        chunk = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
+                elif fd in caps:
+                    chunk = os.read(fd, PIPE_CHUNK)
                     if not chunk:
-                        sel.unregister(fd)
-                        os.close(fd)
+                        drop(fd)
                         continue
                     room = caps[fd] - len(bufs[fd])
                     bufs[fd] += chunk[:room]
                     if len(chunk) > room:
                         truncated[fd] = True
-                        sel.unregister(fd)
-                        os.close(fd)
+                        drop(fd)
                         if killed_for is None and exited is None:
                             killed_for = "output"
                             self._kill_all(pid)
-        for key in list(sel.get_map().values()):
-            sel.unregister(key.fd)
-            if key.fd != pidfd:
-                os.close(key.fd)
-        sel.close()
-        if w0 >= 0:
-            os.close(w0)
-        if exited is None:  # unreachable unless the drain loop broke early
+        for fd in list(watched):
+            drop(fd)
+        if exited is None:  # only if draining gave up
             _, status, ru = os.wait4(pid, 0)
             exited = (status, ru, time.monotonic())
         self._reap()

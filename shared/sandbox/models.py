@@ -19,6 +19,7 @@ ALL_LAYERS = (
     "pid_namespace",
     "net_namespace",
     "mount_namespace",
+    "private_root",
     "ipc_namespace",
     "uts_namespace",
     "private_tmp",

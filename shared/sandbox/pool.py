@@ -48,7 +48,7 @@ class ForkServer:
 
     def __init__(self, namespaces: bool = True, drop_privileges: bool = True) -> None:
         ours, theirs = socket.socketpair()
-        args = [sys.executable, "-I", "-S", str(SERVER_PATH), str(theirs.fileno())]
+        args = [sys.executable, "-I", str(SERVER_PATH), str(theirs.fileno())]
         if not namespaces:
             args.append("--no-namespaces")
         if not drop_privileges:
@@ -274,10 +274,24 @@ _default_lock = threading.Lock()
 
 
 def default_sandbox() -> Sandbox:
-    """The process-wide sandbox (full isolation where the machine allows), closed at exit."""
+    """The process-wide sandbox (full isolation where the machine allows), closed at exit.
+
+    LORAFLEET_SANDBOX_NAMESPACES=0 runs it without namespaces (for hosts that forbid them; the
+    missing layers are reported in every result).
+    """
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            _default = Sandbox()
+            namespaces = os.environ.get("LORAFLEET_SANDBOX_NAMESPACES", "1").lower() not in ("0", "false", "no")
+            _default = Sandbox(namespaces=namespaces)
             atexit.register(_default.close)
         return _default
+
+
+def _forget_default_after_fork() -> None:
+    # A forked child must not share the parent's server sockets: it starts its own servers if it judges.
+    global _default, _default_lock
+    _default, _default_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_default_after_fork)

@@ -184,6 +184,14 @@ def test_trainer_image_has_the_gpu_extra():
     assert {"trainer", "gpu"} <= extras and _needs_torch(extras)
 
 
+def test_vllm_sees_the_adapters_the_evaluator_loads():
+    gpu = yaml.safe_load(COMPOSE_FILES[1].read_text())["services"]
+    evaluator = {v.split(":")[1] for v in gpu["evaluator"]["volumes"]}
+    vllm = {v.split(":")[1] for v in gpu["vllm"]["volumes"]}
+    assert "/var/lib/lorafleet/evaluator" in evaluator & vllm
+    assert gpu["trainer"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
 def test_vllm_image_is_separate_from_the_trainer():
     text = (DEPLOY / "docker" / "vllm.Dockerfile").read_text()
     assert re.search(r"pip install [^\n]*vllm==\d", text)

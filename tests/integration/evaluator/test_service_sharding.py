@@ -163,3 +163,32 @@ async def test_unusable_requests_fail_once_with_a_clear_reason(nats_url, tmp_pat
     assert failed["r2"].stage == "evaluation" and not failed["r2"].retriable
     assert "no evaluation problems" in failed["r2"].error
     assert "n=2 must be >= the largest k=5" in failed["r3"].error
+
+
+async def test_a_shard_whose_result_is_recorded_is_not_scored_again(nats_url, tmp_path):
+    from lorafleet.services.evaluator.app import service
+    from lorafleet.services.evaluator.bootstrap import KV_BUCKET
+    from lorafleet.services.evaluator.shards import EvalProgress
+    from lorafleet.shared.events import ArtifactRef, EvalShardRequested
+
+    settings = Settings(nats_url=nats_url, data_dir=tmp_path / "data")
+    recorded = ArtifactRef(uri="obj://lorafleet-artifacts/evaluations/e1/shard-00000.json", sha256="a" * 64)
+    # the spec artifact does not exist: touching it (i.e. scoring again) would fail the shard
+    spec = ArtifactRef(uri="obj://lorafleet-artifacts/evaluations/e1/spec.json", sha256="b" * 64)
+    async with service.running(settings):
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        kv = await js.key_value(KV_BUCKET)
+        await kv.create("eval.e1", EvalProgress(evaluation_id="e1", shard_count=2, spec=spec,
+                                                done={"0": recorded}).model_dump_json().encode())
+        shard = EvalShardRequested(request_id="r4", evaluation_id="e1", shard_index=0, shard_count=2,
+                                   problem_ids=["p"], spec=spec)
+        await js.publish(shard.subject(), shard.to_bytes(), stream=STREAM, headers={"Nats-Msg-Id": shard.event_id})
+        deadline = time.monotonic() + 20
+        while True:
+            done = [e for e in await stream_events(js) if isinstance(e, EvalShardDone)]
+            if done or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        await nc.close()
+    assert len(done) == 1 and done[0].result == recorded and done[0].shard_index == 0

@@ -95,3 +95,19 @@ def test_installed_command_on_a_hostile_file(tmp_path):
     obj = json.loads(out.stdout)
     assert set(obj) == RUN_KEYS and obj["verdict"] == "time_limit", out.stderr
     assert out.returncode == 1
+
+
+def test_require_isolation_refuses_without_namespaces(tmp_path):
+    """With a layer missing, --require-isolation refuses to run (one line, exit 2) instead of running unprotected."""
+    prog = tmp_path / "p.py"
+    prog.write_text("print('ran')\n")
+    exe = Path(sys.executable).with_name("lorafleet")
+    env = {"PATH": "/usr/bin:/bin", "LORAFLEET_SANDBOX_NAMESPACES": "0"}
+    out = subprocess.run([str(exe), "sandbox", "run", str(prog), "--require-isolation"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "ran" not in out.stdout
+    assert "pid_namespace" in out.stderr and "refusing" in out.stderr
+    out = subprocess.run([str(exe), "sandbox", "run", str(prog), "--json"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    obj = json.loads(out.stdout)
+    assert obj["stdout"] == "ran\n" and "pid_namespace" not in obj["isolation"]

@@ -15,11 +15,11 @@ from lorafleet.shared.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    from lorafleet.services.trainer.tiny_model import make_tiny
+def tiny_dir():
+    """The random-init tiny model from the model cache (keyed by a hash of its recipe and corpus)."""
+    from lorafleet.services.trainer.tiny_model import cached_tiny
 
-    root = tmp_path_factory.mktemp("tiny")
-    return make_tiny(root / "model", pretrain=False, cache_dir=root / "cache")
+    return cached_tiny(False)
 
 
 @pytest.fixture

@@ -2,12 +2,20 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A random-init tiny model + tokenizer, built once per session in a private cache."""
-    from lorafleet.services.trainer.tiny_model import make_tiny
+def tiny_cache():
+    """The model cache ($LORAFLEET_CACHE_DIR or ~/.cache/lorafleet): entries are keyed by a hash of
+    the recipe and its corpus, so a cached random-init model is exactly what a rebuild would give."""
+    from lorafleet.services.trainer.tiny_model import default_cache_dir
 
-    root = tmp_path_factory.mktemp("tiny")
-    return make_tiny(root / "model", pretrain=False, cache_dir=root / "cache")
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_cache):
+    """The random-init tiny model + tokenizer, built once per session."""
+    from lorafleet.services.trainer.tiny_model import cached_tiny
+
+    return cached_tiny(False, cache_dir=tiny_cache)
 
 
 @pytest.fixture(scope="session")

@@ -29,21 +29,20 @@ def test_model_shape_and_special_ids(tiny_dir, tiny_tokenizer):
     assert config["vocab_size"] == len(tiny_tokenizer)
 
 
-def test_cache_is_reused_and_keyed_by_recipe(tmp_path):
-    first = cached_tiny(False, cache_dir=tmp_path)
-    stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert cached_tiny(False, cache_dir=tmp_path) == first
-    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
-    assert resolve_base_model("tiny://random", cache_dir=tmp_path) == str(first)
+def test_cache_is_reused_and_keyed_by_recipe(tiny_dir, tiny_cache):
+    stamp = (tiny_dir / "model.safetensors").stat().st_mtime_ns
+    assert cached_tiny(False, cache_dir=tiny_cache) == tiny_dir
+    assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert resolve_base_model("tiny://random", cache_dir=tiny_cache) == str(tiny_dir)
     assert resolve_base_model("Qwen/Qwen2.5-Coder-7B-Instruct") == "Qwen/Qwen2.5-Coder-7B-Instruct"
     assert Recipe(hidden_size=64).key() != Recipe().key()
 
 
-def test_make_tiny_command(tmp_path):
+def test_make_tiny_command(tiny_dir, tiny_cache, tmp_path):
     from typer.testing import CliRunner
 
     from lorafleet.shared.cli import app
 
-    result = CliRunner().invoke(app, ["model", "make-tiny", str(tmp_path / "m"), "--cache-dir", str(tmp_path / "c")])
+    result = CliRunner().invoke(app, ["model", "make-tiny", str(tmp_path / "m"), "--cache-dir", str(tiny_cache)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()

@@ -80,3 +80,18 @@ def test_too_few_examples_names_the_count(tiny_config, dataset, tmp_path):
     config = tiny_config(data={"min_examples": 1000})
     with pytest.raises(TooFewExamples, match="60 training examples, fewer than data.min_examples=1000"):
         train(TrainJob(config, dataset, tmp_path / "a", tmp_path / "c"))
+
+
+def test_out_of_gpu_memory_is_a_clear_non_retriable_error(tiny_config, dataset, tmp_path, monkeypatch):
+    import torch
+    from trl import SFTTrainer
+
+    from lorafleet.services.trainer.train import OutOfMemory
+
+    def oom(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "train", oom)  # no GPU here: the allocator's error is what we map
+    config = tiny_config(training=FAST, validation=VALIDATION, data={"min_examples": 10})
+    with pytest.raises(OutOfMemory, match="batch_size=2, max_seq_length=128: lower training.batch_size"):
+        train(TrainJob(config, dataset, tmp_path / "a", tmp_path / "c"))
