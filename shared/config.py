@@ -57,7 +57,11 @@ class TrainingSection(_Section):
     ] = Field("paged_adamw_8bit", description="8-bit/paged optimizers need CUDA; on CPU the trainer uses adamw_torch")
     bf16: bool = True
     packing: bool = True
-    packing_strategy: Literal["bfd", "wrapped"] = "bfd"
+    packing_strategy: Literal["bfd", "bfd_rows", "wrapped"] = Field(
+        "bfd",
+        description="bfd: padding-free, one row per batch (best with flash attention on GPU); bfd_rows: the same bins "
+        "as separate rows (best with SDPA, e.g. CPU); wrapped: examples attend to each other",
+    )
     seed: int = 42
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(3, ge=1)

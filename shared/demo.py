@@ -45,6 +45,8 @@ STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("registry", "adapter.evaluated", ("adapter.registered", "adapter.rejected", "registry.failed")),
 )
 FAILED = {end for _, _, ends in STAGES for end in ends if end.endswith(".failed")}
+AB_PATIENCE_S = 180.0  # traffic time an A/B test gets before the demo stops waiting for its decision
+RETRAIN_PATIENCE_S = 180.0  # after the decision, time for the collector's pool to trigger the retrain
 DEMO_ENV = {
     # The demo's A/B test and retrain trigger: small enough to finish in minutes.
     "LORAFLEET_REGISTRY_AB_TRAFFIC": "0.5",
@@ -217,6 +219,7 @@ class Demo:
         self.sim_stats: dict[str, list[int]] = {}
         self.sim_sent = 0
         self._registered_at: dict[int, float] = {}
+        self._decided_at: dict[int, float] = {}
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/dim]  {text}")
@@ -302,32 +305,26 @@ class Demo:
             sub = await js.subscribe(f"{SUBJECT_PREFIX}.>", ordered_consumer=True, config=api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=ack.seq))
             deadline = time.monotonic() + self.timeout_s  # from here: a first-time model build is not counted
-            retrain_done = False
-            while not retrain_done:
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.say(f"[red]timed out after {self.timeout_s:.0f}s[/red]")
                     break
                 try:
-                    msg = await sub.next_msg(timeout=min(remaining, 5.0))
+                    msg = await sub.next_msg(timeout=min(remaining, 2.0))
                 except Exception:
-                    continue
-                try:
-                    event = parse_event(msg.subject, msg.data)
-                except ValueError:
-                    continue
-                if (getattr(event, "adapter_name", None) or cfg.adapter_name) != cfg.adapter_name:
-                    continue
-                traffic = self.on_event(event, request.request_id, nc, js, settings, stop_traffic, traffic)
-                first = self.runs.get(request.request_id)
-                if first is not None and first.failed is not None:
-                    self.say(f"[red]{kind_of(first.failed)}: {first.failed.error}[/red]")
+                    msg = None
+                if msg is not None:
+                    try:
+                        event = parse_event(msg.subject, msg.data)
+                    except ValueError:
+                        event = None
+                    if event is not None and (getattr(event, "adapter_name", None) or cfg.adapter_name) == cfg.adapter_name:
+                        traffic = self.on_event(event, request.request_id, nc, js, settings, stop_traffic, traffic)
+                reason = self.finished(request.request_id)
+                if reason:
+                    self.say(reason)
                     break
-                if first is not None and "adapter.rejected" in first.events:
-                    break  # no A/B test, no traffic, no retrain
-                retrain = self._retrain_run()
-                retrain_done = retrain is not None and retrain.done and (self._decided(retrain) or retrain.failed
-                                                                           or "adapter.rejected" in retrain.events)
             await sub.unsubscribe()
         finally:
             stop_traffic.set()
@@ -347,14 +344,43 @@ class Demo:
     def _retrain_run(self) -> RunTrack | None:
         return next((self.runs[r] for r in self.order if self.runs[r].reason == "retrain"), None)
 
-    def _decided(self, run: RunTrack) -> bool:
-        """A registered version's A/B test was decided (or none was started)."""
-        reg = run.events.get("adapter.registered")
+    def _decision(self, version: int) -> Any:
+        return next((d for d in self.decisions
+                     if (getattr(d, "version", None) if d.event_type == "adapter.promoted" else d.from_version) == version), None)
+
+    def finished(self, first_request: str) -> str | None:
+        """Why the demo can stop now, or None to keep following events."""
+        first = self.runs.get(first_request)
+        if first is None:
+            return None
+        if first.failed is not None:
+            return f"[red]{kind_of(first.failed)}: {first.failed.error[:500]}[/red]"
+        if "adapter.rejected" in first.events:
+            return "the first adapter was rejected by the gate: no A/B test, no traffic, no retrain"
+        reg = first.events.get("adapter.registered")
         if reg is None:
-            return False
-        if not any(a.candidate_version == reg.version for a in self.ab_started):
-            return "adapter.ab_started" not in run.events and time.monotonic() - self._registered_at.get(reg.version, 0) > 5
-        return any(getattr(d, "version", getattr(d, "from_version", None)) == reg.version for d in self.decisions)
+            return None
+        now = time.monotonic()
+        decided = self._decision(reg.version)
+        retrain = self._retrain_run()
+        if retrain is None:
+            if decided is None and now - self._registered_at.get(reg.version, now) > AB_PATIENCE_S:
+                return f"no A/B decision for v{reg.version} within {AB_PATIENCE_S:.0f}s of traffic: stopping"
+            if decided is not None and now - self._decided_at.get(reg.version, now) > RETRAIN_PATIENCE_S:
+                return f"the collector requested no retrain within {RETRAIN_PATIENCE_S:.0f}s: stopping"
+            return None
+        if retrain.failed is not None:
+            return f"[red]retrain: {kind_of(retrain.failed)}: {retrain.failed.error[:500]}[/red]"
+        if "adapter.rejected" in retrain.events:
+            return "the retrained adapter was rejected by the gate; the active version stays"
+        reg2 = retrain.events.get("adapter.registered")
+        if reg2 is None:
+            return None
+        if self._decision(reg2.version) is not None:
+            return "the retrained adapter's A/B test is decided"
+        if now - self._registered_at.get(reg2.version, now) > AB_PATIENCE_S:
+            return f"the A/B test of v{reg2.version} is still open after {AB_PATIENCE_S:.0f}s of traffic: leaving it running"
+        return None
 
     def on_event(self, event: Any, first_request: str, nc: Any, js: Any, settings: Any,
                  stop_traffic: asyncio.Event, traffic: asyncio.Task | None) -> asyncio.Task | None:
@@ -410,6 +436,7 @@ class Demo:
                 traffic = asyncio.create_task(self._traffic(nc, js, settings, event.adapter_name, rates, stop_traffic))
         elif t in ("adapter.promoted", "adapter.rolled_back"):
             self.decisions.append(event)
+            self._decided_at[event.version if t == "adapter.promoted" else event.from_version] = time.monotonic()
             stats = {k: v for k, v in event.statistics.items() if isinstance(v, (int, float))}
             word = "promoted" if t == "adapter.promoted" else "rolled back"
             version = getattr(event, "version", None) or getattr(event, "from_version", None)

@@ -192,7 +192,7 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
         bf16=t.bf16 and gpu,
         use_cpu=not gpu,
         packing=t.packing,
-        packing_strategy=t.packing_strategy,
+        packing_strategy="bfd" if t.packing_strategy == "bfd_rows" else t.packing_strategy,
         assistant_only_loss=True,
         seed=t.seed,
         data_seed=t.seed,
@@ -225,6 +225,7 @@ def train(job: TrainJob) -> TrainResult:
     from trl import SFTTrainer
 
     from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
+    from lorafleet.services.trainer.packing import RowPackedCollator
 
     from lorafleet.services.trainer.tiny_model import configure_cpu_threads
 
@@ -265,9 +266,13 @@ def train(job: TrainJob) -> TrainResult:
                                                 batch_size=v.pass_at_1_batch_size))
     if has_eval and v.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=v.early_stopping_patience))
+    collator = None
+    if t.packing and t.packing_strategy == "bfd_rows":
+        collator = RowPackedCollator(tokenizer.pad_token_id)
     trainer = SFTTrainer(
         model=model,
         args=args,
+        data_collator=collator,
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,

@@ -6,7 +6,9 @@ and no lorafleet imports: every child is a copy of this process's memory, so it 
 
 Layout when the kernel allows (root):
   outer process P --unshare(pid, net, mount, ipc, uts)--> fork --> S = pid 1 of the new pid namespace
-  S mounts a private /proc and tmpfs on /tmp, /var/tmp, /dev/shm, then serves requests one at a time:
+  S pivots into a minimal read-only root (/usr, /etc, /lib*, the Python installation and venv; no project
+  tree, no datasets, no home directories), mounts a private /proc and tmpfs on /tmp, /var/tmp, /dev/shm,
+  then serves requests one at a time:
   fork child C -> setsid, rlimits, no_new_privs, uid/gid drop to a uid unique to this server, clean env,
   private working directory -> exec the code in-process (the interpreter is already warm).
 After C exits, S (pid 1) sends SIGKILL to every other process of its namespace (kill(-1) from pid 1 reaches

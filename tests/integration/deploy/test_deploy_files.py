@@ -277,6 +277,11 @@ def test_trainer_gets_a_gpu_and_scales_from_zero(k8s_docs):
     scaled = next(d for _, d in k8s_docs if d["kind"] == "ScaledObject" and d["metadata"]["name"] == "trainer")
     assert scaled["spec"]["minReplicaCount"] == 0
     assert scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "1", "one GPU pod per job"
+    # Checkpoints on a volume every trainer pod shares: a redelivered job resumes on any pod.
+    volumes = {v["name"]: v for v in trainer["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+    pvc = next(d for _, d in k8s_docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_nats_helm_values_give_a_three_node_jetstream_cluster(k8s_docs):

@@ -62,7 +62,8 @@ def world(tmp_path_factory):
             "PORT": listener.getsockname()[1],
             "HOST_PID": victim.pid,
             "HARNESS_PID": os.getpid(),
-            "PATHS": [str(expected), str(root / "problems.jsonl")],
+            # The test's own files: one under /tmp, one world-readable in the project tree.
+            "PATHS": [str(expected), str(root / "problems.jsonl"), str(HOSTILE.parent / "expected_output.txt")],
             "SECRET": str(secret),
         },
     }
@@ -188,9 +189,12 @@ def test_reading_the_expected_output_gets_nothing(sandbox, world):
     problem_file = world["root"] / "problems.jsonl"
     test = Case(kind="stdio", input="", output=ANSWER)
     problem_file.write_text(json.dumps({"tests": [test.model_dump()]}))
+    assert (HOSTILE.parent / "expected_output.txt").read_text().strip() == ANSWER
     j = sandbox.judge(program("read_expected", world["subs"]), [test], FAST)
-    assert j.verdict == "wrong_answer", j
-    assert ANSWER not in j.detail.split("got")[-1]
+    assert "private_root" in j.isolation or not IS_ROOT
+    if "private_root" in j.isolation:  # without it a world-readable file on the host is readable
+        assert j.verdict == "wrong_answer", j
+        assert ANSWER not in j.detail.split("got")[-1]
 
 
 def test_all_hostiles_at_twice_the_cores_leave_nothing_behind(sandbox, world):

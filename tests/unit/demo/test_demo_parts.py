@@ -92,3 +92,47 @@ def test_simulated_problems_are_training_pairs_only(monkeypatch):
     for i in range(300):
         simulated_outcome(rng, adapter_name="a", version=1, rate=1.0, request_key=str(i), run_id="t")
     assert seen and not any(is_held_out(f, k) for f, k in seen)
+
+
+def _demo():
+    from pathlib import Path
+
+    from lorafleet.shared.demo import Demo
+
+    class Quiet:
+        def print(self, *a, **k) -> None:
+            pass
+
+    return Demo(Path("c.yaml"), Path("/tmp/x"), 60, Quiet())
+
+
+def _feed(demo, *events):
+    import asyncio
+
+    for e in events:
+        demo.on_event(e, "r", None, None, None, asyncio.Event(), "no-traffic-task")
+
+
+def test_the_demo_stops_when_the_first_adapter_is_rejected():
+    from lorafleet.shared.events import AdapterRejected
+
+    demo = _demo()
+    _feed(demo, _request())
+    assert demo.finished("r") is None
+    _feed(demo, AdapterRejected(request_id="r", adapter_name="a", version=1, reasons=["pass@1 too low"]))
+    assert "rejected" in demo.finished("r")
+
+
+def test_the_demo_waits_for_the_retrain_and_its_decision():
+    from lorafleet.shared.events import AdapterPromoted, AdapterRegistered
+
+    demo = _demo()
+    _feed(demo, _request(), AdapterRegistered(request_id="r", adapter_name="a", version=1, lora_int_id=1, status="candidate"),
+          AdapterPromoted(request_id="r", adapter_name="a", version=1, previous_version=None, reason="significant"))
+    assert demo.finished("r") is None  # promoted; the retrain has not been requested yet
+    retrain = TrainRequested(request_id="r2", adapter_name="a", config={}, config_sha256="x", reason="retrain")
+    _feed(demo, retrain, AdapterRegistered(request_id="r2", adapter_name="a", version=2, lora_int_id=2, status="candidate"))
+    assert demo.finished("r") is None  # v2 is in its A/B test
+    _feed(demo, AdapterPromoted(request_id="r2", adapter_name="a", version=2, previous_version=1, reason="significant"))
+    assert "decided" in demo.finished("r")
+    assert [demo.runs[r].reason for r in demo.order] == ["manual", "retrain"]
