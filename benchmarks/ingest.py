@@ -94,6 +94,7 @@ def main() -> None:
         stage_wall, stage_cpu = time.perf_counter() - t, time.process_time() - c
         print(f"normalise + classify + dedup stages: {n} problems in {stage_wall:.1f}s = {n / stage_wall:,.0f} problems/s "
               f"wall, {n / stage_cpu:,.0f} problems/CPU-s (goal 5,000/s); {merged} near-duplicates found")
+        del index  # the pipeline builds its own; peak RSS should be the pipeline's
 
         off = DataSection(domains=[], min_examples=0, verify={"enabled": False})
         t, c = time.perf_counter(), time.process_time()

@@ -1,7 +1,8 @@
 """Trainer throughput: packing strategies on CPU (tiny model), and the GPU QLoRA path.
 
 CPU (always): supervised (non-padding, assistant) tokens per second of the same
-data with packing none (padded batches, the baseline), wrapped and bfd, plus the
+data with packing none (padded batches, the baseline), wrapped, bfd (TRL's
+padding-free) and bfd_rows (services/trainer/packing.py), plus the
 fraction of batch tokens that are padding. Figures are ratios against the padded
 baseline measured in the same run, so a contended machine shifts all rows alike.
 
@@ -42,19 +43,19 @@ def examples(n: int, seed: int = 0) -> list[TrainExample]:
 
 
 def cpu_run(model_dir: Path, strategy: str, steps: int, rows: list[dict], work: Path) -> dict:
-    from datasets import Dataset
     from peft import get_peft_model
     from trl import SFTTrainer
 
-    from lorafleet.services.trainer.train import load_base, lora_config, sft_config
-    from lorafleet.shared.config import parse_config
     from transformers import set_seed
+
+    from lorafleet.services.trainer.train import datasets_for, load_base, lora_config, sft_config
+    from lorafleet.shared.config import parse_config
 
     config = parse_config({
         "adapter_name": "bench", "base_model": str(model_dir), "quantization": "none",
         "lora": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0},
         "training": {"max_steps": steps, "batch_size": 8, "gradient_accumulation_steps": 1, "max_seq_length": 256,
-                     "packing": strategy != "none", "packing_strategy": strategy if strategy != "none" else "bfd",
+                     "packing": strategy != "none", "packing_strategy": "bfd" if strategy == "none" else strategy,
                      "gradient_checkpointing": False, "optim": "adamw_torch", "bf16": False,
                      "save_steps": 10_000, "logging_steps": 10_000, "learning_rate": 1e-3},
     })
@@ -63,7 +64,9 @@ def cpu_run(model_dir: Path, strategy: str, steps: int, rows: list[dict], work: 
     model = get_peft_model(model, lora_config(config))
     args = sft_config(config, work / strategy, has_eval=False)
     args.save_strategy = "no"
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    train_data, _, collator = datasets_for(config, tokenizer, rows, [])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer,
+                         data_collator=collator)
     supervised = total = padding = 0
     for i, batch in enumerate(trainer.get_train_dataloader()):
         if i == steps:
@@ -73,7 +76,7 @@ def cpu_run(model_dir: Path, strategy: str, steps: int, rows: list[dict], work: 
         total += labels.numel()
         if "attention_mask" in batch and batch["attention_mask"] is not None:
             padding += int((batch["attention_mask"] == 0).sum())
-        else:  # padding-free: the row is padded only at its end (to max_length multiples)
+        else:  # packed rows: padded only at their ends
             padding += int((batch["input_ids"] == tokenizer.pad_token_id).sum())
     started = time.perf_counter()
     trainer.train()
@@ -91,14 +94,14 @@ def cpu_benchmark(steps: int) -> None:
         work = Path(tmp)
         model_dir = make_tiny(work / "tiny", pretrain=False, cache_dir=work / "cache")
         rows = [to_messages(e) for e in examples(2000)]
-        results = [cpu_run(model_dir, s, steps, rows, work) for s in ("none", "wrapped", "bfd")]
+        results = [cpu_run(model_dir, s, steps, rows, work) for s in ("none", "wrapped", "bfd", "bfd_rows")]
     base = results[0]["supervised_per_s"]
     print(f"CPU, tiny model (random init), batch 8 x max_length 256, {steps} steps, torch threads {threads}")
     print(f"{'packing':<10}{'supervised tok/s':>18}{'vs none':>10}{'padding':>10}{'seconds':>10}")
     for r in results:
         print(f"{r['strategy']:<10}{r['supervised_per_s']:>18.0f}{r['supervised_per_s'] / base:>9.2f}x"
               f"{r['padding_fraction']:>9.1%}{r['seconds']:>10.1f}")
-    print("note: wrapped lets examples attend to each other (and splits them across rows); bfd does not.")
+    print("note: wrapped lets examples attend to each other (and splits them across rows); bfd and bfd_rows do not.")
 
 
 def gpu_benchmark(steps: int) -> None:

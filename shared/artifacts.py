@@ -217,7 +217,8 @@ class LocalArtifactStore(_Base):
         def put() -> ArtifactRef:
             sha, size = _copy_hashing(Path(path), dest)
             sidecar = dest.with_name(dest.name + ".sha256")
-            tmp = sidecar.with_name(f".{sidecar.name}.partial")
+            # Unique temp name: two writers of the same artifact must not share one.
+            tmp = sidecar.with_name(f".{sidecar.name}.{uuid.uuid4().hex[:8]}.partial")
             tmp.write_text(sha + "\n")
             tmp.replace(sidecar)
             return ArtifactRef(uri=file_uri(dest), sha256=sha, size_bytes=size)

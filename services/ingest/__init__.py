@@ -1,0 +1,1 @@
+"""Ingest: competitive-programming sources -> verified, deduplicated, leak-free dataset artifact (docs/ingest.md)."""

@@ -30,3 +30,25 @@ class RowPackedCollator(DataCollatorForLanguageModeling):
         # The first token of an example is never predicted from the previous example's tokens.
         out["labels"][out["position_ids"] == 0] = -100
         return out
+
+
+def tokenize_with_labels(tokenizer, rows: list[dict], max_length: int) -> list[dict[str, list[int]]]:
+    """Chat rows -> input_ids + labels (assistant tokens incl. <|im_end|> trained, the rest -100),
+    cut at max_length. The same mask `assistant_only_loss` builds, from the same template."""
+    out = []
+    for row in rows:
+        enc = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = enc["input_ids"][:max_length], enc["assistant_masks"][:max_length]
+        if any(mask):
+            out.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+    return out
+
+
+def pack_rows(tokenizer, rows: list[dict], max_length: int, seed: int):
+    """A dataset of bfd bins (input_ids, labels, seq_lengths) for RowPackedCollator."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    tokenized = Dataset.from_list(tokenize_with_labels(tokenizer, rows, max_length))
+    return pack_dataset(tokenized, max_length, strategy="bfd").shuffle(seed=seed)

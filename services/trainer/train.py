@@ -174,6 +174,7 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
             f"training.save_steps={t.save_steps} must be a multiple of validation.eval_steps={v.eval_steps}, "
             "so the best evaluated checkpoint is on disk to ship"
         )
+    rows_packed = t.packing and t.packing_strategy == "bfd_rows"  # datasets_for() packs and labels itself
     return SFTConfig(
         output_dir=str(checkpoint_dir),
         num_train_epochs=t.num_epochs,
@@ -191,9 +192,9 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
         optim=optim,
         bf16=t.bf16 and gpu,
         use_cpu=not gpu,
-        packing=t.packing,
-        packing_strategy="bfd" if t.packing_strategy == "bfd_rows" else t.packing_strategy,
-        assistant_only_loss=True,
+        packing=t.packing and not rows_packed,
+        packing_strategy="bfd" if rows_packed else t.packing_strategy,
+        assistant_only_loss=not rows_packed,
         seed=t.seed,
         data_seed=t.seed,
         save_strategy="steps",
@@ -212,12 +213,26 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
     )
 
 
+def datasets_for(config: TrainConfig, tokenizer, rows: list[dict], eval_rows: list[dict]):
+    """Train/eval datasets and collator. `bfd_rows` packs here (TRL refuses a custom collator
+    with its padding-free bfd); the other strategies hand chat rows to SFTTrainer."""
+    from datasets import Dataset
+
+    t = config.training
+    if t.packing and t.packing_strategy == "bfd_rows":
+        from lorafleet.services.trainer.packing import RowPackedCollator, pack_rows
+
+        return (pack_rows(tokenizer, rows, t.max_seq_length, t.seed),
+                pack_rows(tokenizer, eval_rows, t.max_seq_length, t.seed) if eval_rows else None,
+                RowPackedCollator(tokenizer.pad_token_id))
+    return Dataset.from_list(rows), (Dataset.from_list(eval_rows) if eval_rows else None), None
+
+
 # --------------------------------------------------------------------------- run
 
 
 def train(job: TrainJob) -> TrainResult:
     import torch
-    from datasets import Dataset
     from peft import get_peft_model
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -225,7 +240,6 @@ def train(job: TrainJob) -> TrainResult:
     from trl import SFTTrainer
 
     from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
-    from lorafleet.services.trainer.packing import RowPackedCollator
 
     from lorafleet.services.trainer.tiny_model import configure_cpu_threads
 
@@ -266,15 +280,13 @@ def train(job: TrainJob) -> TrainResult:
                                                 batch_size=v.pass_at_1_batch_size))
     if has_eval and v.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=v.early_stopping_patience))
-    collator = None
-    if t.packing and t.packing_strategy == "bfd_rows":
-        collator = RowPackedCollator(tokenizer.pad_token_id)
+    train_data, eval_data, collator = datasets_for(config, tokenizer, rows, eval_rows)
     trainer = SFTTrainer(
         model=model,
         args=args,
         data_collator=collator,
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
         processing_class=tokenizer,
         callbacks=callbacks,
     )

@@ -122,9 +122,11 @@ def test_verify_budget_and_duplicates():
                 limits=Limits(time_s=0.3), solutions=[spin, spin + "# again\n", "while 1:\n    pass\n", "print(1)"])
     ok = Problem(id="t/2", source="t", statement="s", tests=[Case(kind="stdio", input="", output="2\n")],
                  solutions=["print(2)", "print( 2 )  # same", "print(3)"])
-    v1, v2 = verify_problems([p, ok], sandbox_judge(), max_tests=5, budget_s=0.1)
+    judge = sandbox_judge()
+    [v1] = verify_problems([p], judge, max_tests=5, budget_s=0.1)
     # round 1 ran the spinner (and its comment-only copy with it) and used up the budget
     assert v1.verdicts == {"time_limit": 2, "budget_exhausted": 2} and v1.duplicates == 1
+    [v2] = verify_problems([ok], judge, max_tests=5, budget_s=30)
     assert v2.verdicts == {"passed": 2, "wrong_answer": 1} and v2.problem.solutions == ["print(2)"]
 
 
