@@ -117,19 +117,22 @@ def main() -> None:
         for p in load_problems(SourceSection(type="apps", path=str(cut))):
             items += [(code, select_tests(p, 20), p.limits, False) for code in p.solutions]
         judge(items[:50])  # warm the fork servers for both measurements
-        t = time.perf_counter()
-        raw = judge(items)
-        raw_secs = time.perf_counter() - t
-        raw_rate = len(raw) / raw_secs
+        # Interleaved, best of two each: the load on a shared machine drifts within minutes.
         on = DataSection(domains=[], min_examples=0)
-        t = time.perf_counter()
-        report = build([SourceSection(type="apps", path=str(cut))], on, judge=judge, out_dir=None, domains=[])
-        secs = time.perf_counter() - t
+        raw_secs, secs = float("inf"), float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            raw = judge(items)
+            raw_secs = min(raw_secs, time.perf_counter() - t)
+            t = time.perf_counter()
+            report = build([SourceSection(type="apps", path=str(cut))], on, judge=judge, out_dir=None, domains=[])
+            secs = min(secs, time.perf_counter() - t)
+        raw_rate = len(raw) / raw_secs
         judged = report["solutions"] - report["duplicate_solutions"]
-        print(f"sandbox judge_many: {len(raw)} programs in {raw_secs:.1f}s = {raw_rate:,.1f} programs/s")
+        print(f"sandbox judge_many: {len(raw)} programs in {raw_secs:.1f}s = {raw_rate:,.1f} programs/s (best of 2)")
         print(f"verification on: {report['solutions']} candidates ({judged} distinct programs judged), "
               f"{report['verified']} verified in {secs:.1f}s = {judged / secs:,.1f} programs/s, "
-              f"{report['verified'] / secs:,.1f} verified solutions/s")
+              f"{report['verified'] / secs:,.1f} verified solutions/s (best of 2)")
         ratio = (judged / secs) / raw_rate
         print(f"verification / raw sandbox throughput (programs/s): {ratio:.2f} "
               f"(goal >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")

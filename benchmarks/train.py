@@ -11,7 +11,7 @@ checkpointing, paged AdamW 8-bit) at 4096 tokens on a random-initialised model w
 the shape of Qwen2.5-0.5B built locally: tokens/s and peak VRAM, next to a plain
 transformers `Trainer` on the same model, LoRA and settings (no packing).
 
-    .venv/bin/python benchmarks/train.py [--steps 30] [--gpu-steps 20]
+    .venv/bin/python benchmarks/train.py [--steps 30] [--repeats 2] [--gpu-steps 20]
 """
 
 from __future__ import annotations
@@ -25,18 +25,20 @@ from pathlib import Path
 from lorafleet.shared import synthetic
 from lorafleet.shared.problems import TrainExample
 
+MAX_LENGTH = 512
+BATCH = 8
 REASONING_WORDS = "we read the input then compute the answer with one pass and print it carefully".split()
 
 
 def examples(n: int, seed: int = 0) -> list[TrainExample]:
-    """LoRA-family examples with reasoning of varied length (real traces vary a lot: that is
-    where padding costs)."""
+    """LoRA-family examples with reasoning traces of log-normal length (median ~30 words, a long
+    tail to 400): real traces and solutions vary that much, which is where padding costs."""
     rng = random.Random(seed)
     problems = synthetic.lora_problems(None, "train")
     out = []
     for i in range(n):
         p = problems[i % len(problems)]
-        words = rng.randint(0, 120)
+        words = min(int(rng.lognormvariate(3.4, 1.0)), 400)
         reasoning = " ".join(rng.choice(REASONING_WORDS) for _ in range(words)) + "." if words else None
         out.append(synthetic.to_train_example(p).model_copy(update={"id": f"{p.id}#{i}", "reasoning": reasoning}))
     return out
@@ -54,7 +56,7 @@ def cpu_run(model_dir: Path, strategy: str, steps: int, rows: list[dict], work: 
     config = parse_config({
         "adapter_name": "bench", "base_model": str(model_dir), "quantization": "none",
         "lora": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0},
-        "training": {"max_steps": steps, "batch_size": 8, "gradient_accumulation_steps": 1, "max_seq_length": 256,
+        "training": {"max_steps": steps, "batch_size": BATCH, "gradient_accumulation_steps": 1, "max_seq_length": MAX_LENGTH,
                      "packing": strategy != "none", "packing_strategy": "bfd" if strategy == "none" else strategy,
                      "gradient_checkpointing": False, "optim": "adamw_torch", "bf16": False,
                      "save_steps": 10_000, "logging_steps": 10_000, "learning_rate": 1e-3},
@@ -85,7 +87,7 @@ def cpu_run(model_dir: Path, strategy: str, steps: int, rows: list[dict], work: 
             "supervised_per_s": supervised / seconds, "padding_fraction": padding / total if total else 0.0}
 
 
-def cpu_benchmark(steps: int) -> None:
+def cpu_benchmark(steps: int, repeats: int) -> None:
     from lorafleet.services.trainer.tiny_model import configure_cpu_threads, make_tiny
     from lorafleet.services.trainer.train import to_messages
 
@@ -94,9 +96,13 @@ def cpu_benchmark(steps: int) -> None:
         work = Path(tmp)
         model_dir = make_tiny(work / "tiny", pretrain=False, cache_dir=work / "cache")
         rows = [to_messages(e) for e in examples(2000)]
-        results = [cpu_run(model_dir, s, steps, rows, work) for s in ("none", "wrapped", "bfd", "bfd_rows")]
+        strategies = ("none", "wrapped", "bfd", "bfd_rows")
+        # Interleaved repeats, best of each: the machine's load drifts during the run.
+        runs = [cpu_run(model_dir, s, steps, rows, work) for _ in range(repeats) for s in strategies]
+        results = [max((r for r in runs if r["strategy"] == s), key=lambda r: r["supervised_per_s"]) for s in strategies]
     base = results[0]["supervised_per_s"]
-    print(f"CPU, tiny model (random init), batch 8 x max_length 256, {steps} steps, torch threads {threads}")
+    print(f"CPU, tiny model (random init), batch {BATCH} x max_length {MAX_LENGTH}, {steps} steps, "
+          f"best of {repeats}, torch threads {threads}")
     print(f"{'packing':<10}{'supervised tok/s':>18}{'vs none':>10}{'padding':>10}{'seconds':>10}")
     for r in results:
         print(f"{r['strategy']:<10}{r['supervised_per_s']:>18.0f}{r['supervised_per_s'] / base:>9.2f}x"
@@ -189,9 +195,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gpu-steps", type=int, default=20)
     args = parser.parse_args()
-    cpu_benchmark(args.steps)
+    cpu_benchmark(args.steps, args.repeats)
     gpu_benchmark(args.gpu_steps)
 
 

@@ -1,7 +1,5 @@
 """The label mask of a real training batch, token by token (DESIGN.md correction 6)."""
 
-import pytest
-
 from lorafleet.shared import synthetic
 from lorafleet.shared.prompts import render_messages
 
