@@ -290,7 +290,11 @@ class Server:
     def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
         self.counter += 1
         workdir = self.workdir
-        os.mkdir(workdir, 0o700)
+        try:
+            os.mkdir(workdir, 0o700)
+        except FileExistsError:  # a previous removal failed half-way: never reuse what a run left
+            shutil.rmtree(workdir)
+            os.mkdir(workdir, 0o700)
         try:
             path = os.path.join(workdir, "solution.py")
             with open(path, "wb") as f:

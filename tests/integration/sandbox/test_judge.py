@@ -131,3 +131,15 @@ def test_humaneval_canonical_all_pass_and_shifted_fail(sandbox):
     shifted = sandbox.judge_many([(p.solutions[0], q.tests, RunLimits.from_problem(q.limits)) for p, q in zip(problems, nxt)])
     accidental = [p.id for p, j in zip(problems, shifted) if j.passed]
     assert accidental == [], accidental  # none pass by accident (measured; see docs/notes/issue-4.md)
+
+
+def test_large_stdin_and_output_stream_through(sandbox):
+    """Inputs bigger than a pipe buffer are fed while the program runs; outputs below the cap come back whole."""
+    data = "".join(f"{i}\n" for i in range(200_000))  # ~1.3 MB
+    r = sandbox.run("import sys\nnums = sys.stdin.read().split()\nprint(len(nums), sum(map(int, nums)))\n"
+                    "sys.stdout.write('y' * 3_000_000)\n", data, QUICK)
+    assert r.verdict == "ok", r.detail
+    head, tail = r.stdout.split("\n", 1)
+    assert head == f"200000 {sum(range(200_000))}" and tail == "y" * 3_000_000 and not r.stdout_truncated
+    r = sandbox.run("import sys\nsys.stderr.write('e' * 10**6)\n", "", QUICK)
+    assert r.verdict == "output_limit" and len(r.stderr) == QUICK.stderr_bytes and r.stderr_truncated
