@@ -101,12 +101,25 @@ def unverified(problems: list[Problem], max_tests: int) -> list[Verified]:
     return out
 
 
+# Memory limits are C++ judges' resident-set limits; the sandbox enforces address space, which
+# a Python interpreter needs more of: below this floor, accepted Python solutions fail to start.
+MIN_MEMORY_MB = 256
+MIN_TIME_S = 0.25  # a warm fork-server child needs a few ms; sub-0.25 s limits only add flakiness
+
+
+def run_limits(limits: Limits):  # -> RunLimits
+    from lorafleet.shared.sandbox import RunLimits
+
+    return RunLimits.from_problem(Limits(time_s=min(max(limits.time_s, MIN_TIME_S), 600.0),
+                                         memory_mb=min(max(limits.memory_mb, MIN_MEMORY_MB), 65536)))
+
+
 def sandbox_judge(workers: int | None = None) -> Judge:
     """The real judge: the sandbox's `judge_many` over warm fork servers, each item with its own limits."""
-    from lorafleet.shared.sandbox import RunLimits, judge_many
+    from lorafleet.shared.sandbox import judge_many
 
     def judge(items: Sequence[JudgeItem]) -> list[tuple[str, float]]:
-        wired = [(code, tests, RunLimits.from_problem(limits), exact) for code, tests, limits, exact in items]
+        wired = [(code, tests, run_limits(limits), exact) for code, tests, limits, exact in items]
         return [(j.verdict, j.wall_ms) for j in judge_many(wired, workers=workers)]
 
     return judge

@@ -274,6 +274,7 @@ def train(job: TrainJob) -> TrainResult:
     job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     args = sft_config(config, job.checkpoint_dir, has_eval)
     callbacks = [ProgressCallback(job.on_progress)]
+    subset: list[Problem] = []
     if has_eval and v.metric == "pass_at_1":
         subset = random.Random(t.seed).sample(eval_problems, min(v.pass_at_1_problems, len(eval_problems)))
         callbacks.insert(0, PassAtOneCallback(tokenizer, subset, v.max_new_tokens, judge=job.judge,
@@ -330,6 +331,8 @@ def train(job: TrainJob) -> TrainResult:
         "train_seconds": round(time.monotonic() - started, 2),
         "resumed_from_step": resumed_from,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        # The checkpoint was chosen on these: an evaluation that includes them is optimistic.
+        "early_stopping_problem_ids": [p.id for p in subset],
         **stats,
         "eval_history": [{k: h[k] for k in ("step", "eval_loss", "eval_pass_at_1") if k in h} for h in evals],
     }

@@ -18,4 +18,8 @@ def to_problem(row: dict, index: int | str) -> Problem:
         err = exc.errors()[0]
         raise Malformed("bad_problem", f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     require_tests(problem.tests)
+    for i, t in enumerate(problem.tests):
+        missing = {"stdio": t.output is None, "call": not t.fn_name, "assert": not t.script}[t.kind]
+        if missing:
+            raise Malformed("bad_test", f"test {i} ({t.kind}) lacks {'output' if t.kind == 'stdio' else 'fn_name' if t.kind == 'call' else 'script'}")
     return problem

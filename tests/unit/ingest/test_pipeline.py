@@ -171,3 +171,11 @@ def test_same_source_twice_counts_duplicate_ids():
     data = DataSection(sources=[he, he], min_examples=0, domains=[], verify={"enabled": False})
     report = build_dataset(data, judge=None, out_dir=None)
     assert report["problems"] == 2 and report["malformed"] == {"duplicate_id": 2}
+
+
+def test_tight_source_limits_still_judge():
+    # a 16 MB, 0-second limit as old judges state them must not break (or starve) the sandbox
+    p = Problem(id="t/3", source="t", statement="s", tests=[Case(kind="stdio", input="", output="ok\n")],
+                limits=Limits(time_s=0.01, memory_mb=16), solutions=["print('ok')"])
+    [v] = verify_problems([p], sandbox_judge(), max_tests=5, budget_s=30)
+    assert v.verdicts == {"passed": 1}

@@ -151,3 +151,15 @@ def test_field_parsers():
     assert listish("['Data structures', 'Sorting']") == ["Data structures", "Sorting"]
     assert listish("[\"it's\", 'b']") == ["it's", "b"]
     assert listish("[]") == [] and listish(None) == []
+
+
+def test_own_format_rejects_incomplete_tests(tmp_path):
+    rows = [
+        {"id": "x/1", "source": "x", "statement": "s", "tests": [{"kind": "call", "args": [1]}]},
+        {"id": "x/2", "source": "x", "statement": "s", "tests": [{"kind": "assert", "entry_point": "f"}]},
+        {"id": "x/3", "source": "x", "statement": "s", "tests": [{"kind": "stdio", "input": "1"}]},
+        {"id": "x/4", "source": "x", "statement": "s", "tests": [{"kind": "stdio", "input": "1", "output": "1"}]},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    good, bad = load("lorafleet", tmp_path / "p.jsonl")
+    assert set(good) == {"x/4"} and bad == {"bad_test": 3}
