@@ -8,6 +8,7 @@ math-lora takes math + algorithms problems.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from lorafleet.shared.problems import Problem
 
@@ -76,25 +77,29 @@ def keyword_hits(statement: str) -> dict[str, list[str]]:
     """Which keywords of each domain the statement contains, as whole words: the statement
     is split into words and a phrase must match a run of whole words, so "dp" never
     matches inside "adpt" and spacing, line breaks or hyphens between words don't matter."""
-    words = _WORD.findall(statement.lower())
     hits: dict[str, set[str]] = {d: set() for d in KEYWORDS}
-    present = _FIRST_WORDS.intersection(words)
-    if present:
-        joined = f" {' '.join(words)} "
-        for w in present:
-            for n, domain, canon in _BY_FIRST[w]:
-                if n == 1 or f" {canon} " in joined:
-                    hits[domain].add(canon)
+    for domain, canon in _matches(statement):
+        hits[domain].add(canon)
     return {d: sorted(v) for d, v in hits.items()}
+
+
+def _matches(statement: str) -> set[tuple[str, str]]:
+    """(domain, keyword) pairs found in the statement."""
+    words = _WORD.findall(statement.lower())
+    present = _FIRST_WORDS.intersection(words)
+    if not present:
+        return set()
+    joined = f" {' '.join(words)} "
+    return {(domain, canon) for w in present for n, domain, canon in _BY_FIRST[w] if n == 1 or f" {canon} " in joined}
 
 
 def classify(statement: str, tags: list[str], min_keyword_hits: int = 2) -> list[str]:
     """Domains of a problem: any matching tag counts; keywords need `min_keyword_hits`
     distinct matches (one stray word is weak evidence). No signal at all = python."""
     lowered = {t.strip().lower() for t in tags}
-    found = [d for d in DOMAINS if lowered & _TAG_SETS[d]]
-    hits = keyword_hits(statement)
-    found += [d for d in DOMAINS if d not in found and len(hits[d]) >= min_keyword_hits]
+    found = {d for d in DOMAINS if lowered & _TAG_SETS[d]}
+    per_domain = Counter(domain for domain, _ in _matches(statement))
+    found.update(d for d, n in per_domain.items() if n >= min_keyword_hits)
     return [d for d in DOMAINS if d in found] or ["python"]
 
 

@@ -16,24 +16,23 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
+from datasketch import MinHashLSH
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9$\\{}]")  # words and symbols; TeX markup dropped
 # One pass over the source: string literals kept verbatim, comments dropped, spaces inside
 # a line dropped, a newline and the indentation after it kept (indentation is syntax).
+# The one capturing group is what a match keeps: `split` returns the text between matches
+# and that group (None when a comment or spaces matched), all in C; a replacement
+# function or a group-reference template would run Python code per match.
 _CODE_TOKEN = re.compile(
-    r"""(?P<str>[rRbBuUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))"""
-    r"|(?P<comment>\#[^\n]*)|(?P<nl>\n[ \t]*)|(?P<ws>[ \t]+)"
+    r"""([rRbBuUfF]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')|\n[ \t]*)"""
+    r"|\#[^\n]*|[ \t]+"
 )
-
-
-def _canon_token(m: re.Match[str]) -> str:
-    return "" if m.lastgroup in ("comment", "ws") else m.group(0)
 
 
 def solution_key(code: str) -> str:
     """Identical keys = the same program up to comments, blank lines and spacing within lines."""
-    canon = _CODE_TOKEN.sub(_canon_token, "\n" + code.replace("\r\n", "\n"))
+    canon = "".join(filter(None, _CODE_TOKEN.split("\n" + code.replace("\r\n", "\n"))))
     canon = "\n".join(line for line in canon.split("\n") if line.strip())
     return hashlib.sha1(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -81,23 +80,38 @@ def signature(statement: str, num_perm: int = 128) -> Signature:
     """MinHash with multiply-shift hashing, ((a*h + b) mod 2**64) >> 32 per permutation (a odd),
     computed in one numpy step per statement: datasketch's per-object update costs more
     than the rest of the pipeline, and a modulo by 2**61 - 1 is the slowest numpy step.
-    Shingle hashes combine per-word crc32s."""
+    Shingle hashes combine per-word crc32s. numpy's integer array arithmetic wraps
+    modulo 2**64 without a warning; the shift is taken after the min (it is monotone)."""
     words = _WORD.findall(statement.lower())
     cache = _WORD_HASHES
-    for w in set(words).difference(cache):
-        if len(cache) >= _WORD_CACHE_MAX:
-            cache.clear()
+    missing = set(words).difference(cache)
+    if len(cache) + len(missing) > _WORD_CACHE_MAX:
+        cache.clear()  # before adding: this statement's words must all stay in
+    for w in missing:
         cache[w] = zlib.crc32(w.encode())
     h = np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
     if len(h) >= 3:
-        with np.errstate(over="ignore"):
-            h = (h[:-2] * _MIX[0] + h[1:-1] * _MIX[1] + h[2:]) & _MASK32
+        s = h[:-2] * _MIX[0]
+        s += h[1:-1] * _MIX[1]
+        s += h[2:]
+        s &= _MASK32
+        h = s
     elif len(h) == 0:
         h = np.zeros(1, dtype=np.uint64)
     a, b = _permutations(num_perm)
-    with np.errstate(over="ignore"):
-        values = ((h[:, None] * a + b) >> _SHIFT32).min(axis=0)  # repeated shingles can't change a min
-    return Signature(values, np.unique(h.astype(np.uint32)), frozenset(w for w in words if w.isdigit()))
+    m = np.multiply.outer(h, a)
+    m += b
+    values = m.min(axis=0) >> _SHIFT32  # repeated shingles can't change a min
+    return Signature(values, _sorted_unique(h.astype(np.uint32)), frozenset(filter(str.isdigit, words)))
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique of a short array at a third of its overhead."""
+    x.sort()
+    keep = np.empty(len(x), dtype=bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
 
 
 def shingles(statement: str, n: int = 3) -> set[str]:
@@ -123,11 +137,17 @@ class NearDuplicates:
     threshold: float
     num_perm: int = 128
     number_agreement: float = 0.5
-    _lsh: MinHashLSH = field(init=False)
+    _bands: list[dict[bytes, list[str]]] = field(init=False)
+    _band_bytes: int = field(init=False)
     _sigs: dict[str, Signature] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        # datasketch's banding (its optimal b bands of r rows for the threshold), kept by hand:
+        # MinHashLSH's per-band byteswap and storage calls cost as much as the signature.
+        # Same b and r, same band equality -> the same candidates.
+        params = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self._bands = [{} for _ in range(params.b)]
+        self._band_bytes = params.r * 4  # hash values are < 2**32: 4 bytes each
 
     def __len__(self) -> int:
         return len(self._sigs)
@@ -135,12 +155,20 @@ class NearDuplicates:
     def signature(self, statement: str) -> Signature:
         return signature(statement, self.num_perm)
 
-    def _lean(self, sig: Signature) -> LeanMinHash:
-        return LeanMinHash(seed=1, hashvalues=sig.hashvalues, scheme="legacy")
+    def _band_keys(self, sig: Signature) -> list[bytes]:
+        raw, n = sig.hashvalues.astype(np.uint32).tobytes(), self._band_bytes
+        return [raw[i * n:(i + 1) * n] for i in range(len(self._bands))]
 
-    def matches(self, sig: Signature) -> list[str]:
+    def _candidates(self, band_keys: list[bytes]) -> dict[str, None]:
+        found: dict[str, None] = {}  # insertion-ordered set: deterministic order
+        for table, band in zip(self._bands, band_keys):
+            if (keys := table.get(band)) is not None:
+                found.update(dict.fromkeys(keys))
+        return found
+
+    def matches(self, sig: Signature, band_keys: list[bytes] | None = None) -> list[str]:
         out = []
-        for key in self._lsh.query(self._lean(sig)):
+        for key in self._candidates(band_keys if band_keys is not None else self._band_keys(sig)):
             other = self._sigs[key]
             common = np.intersect1d(sig.shingles, other.shingles, assume_unique=True).size
             similarity = common / (sig.shingles.size + other.shingles.size - common)
@@ -149,10 +177,12 @@ class NearDuplicates:
         return out
 
     def add(self, key: str, sig: Signature) -> list[str]:
-        found = self.matches(sig)
+        band_keys = self._band_keys(sig)
+        found = self.matches(sig, band_keys)
         if key not in self._sigs:
-            self._lsh.insert(key, self._lean(sig))
-            self._sigs[key] = Signature(np.empty(0, np.uint64), sig.shingles, sig.numbers)  # LSH keeps the bands
+            for table, band in zip(self._bands, band_keys):
+                table.setdefault(band, []).append(key)
+            self._sigs[key] = Signature(np.empty(0, np.uint64), sig.shingles, sig.numbers)  # the bands hold the rest
         return found
 
 

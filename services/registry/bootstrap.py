@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorafleet.shared.errors import RetriableError
 from lorafleet.shared.problems import Limits, TestCase
 from lorafleet.shared.settings import Settings
 
@@ -20,6 +21,9 @@ async def sandbox_verify(code: str, tests: list[TestCase], limits: Limits) -> tu
     from lorafleet.shared.sandbox import RunLimits, ajudge
 
     judgement = await ajudge(code, tests, RunLimits.from_problem(limits))
+    if judgement.verdict == "sandbox_error":
+        # The sandbox failed, not the solution: the bus redelivers the outcome instead of dropping a candidate.
+        raise RetriableError(f"sandbox could not re-verify the solution: {judgement.detail}")
     return judgement.verdict == "passed", f"{judgement.verdict}, {judgement.passed_tests}/{judgement.total_tests} tests"
 
 

@@ -101,6 +101,13 @@ class RetrainState(BaseModel):
 
 
 @dataclass(frozen=True)
+class PoolSnapshot:
+    lines: int
+    new: int  # entries above the last trigger's sequence
+    newest_seq: int  # every pool entry at or below this sequence is in the snapshot, none above it
+
+
+@dataclass(frozen=True)
 class RetrainDecision:
     period: str | None  # None: no retrain now
     kind: str = ""
@@ -200,23 +207,28 @@ class Collector:
     async def pool_size(self, adapter_name: str, after_seq: int = 0) -> int:
         return await self._count(f"pool.{check_name(adapter_name)}.>", after_seq)
 
-    async def pool_seq(self) -> int:
-        return (await self.js.stream_info(self.stream)).state.last_seq
+    async def snapshot(self, adapter_name: str, dest: Path, after_seq: int = 0) -> PoolSnapshot:
+        """Write the adapter's whole pool as Problem JSONL, in bucket order.
 
-    async def snapshot(self, adapter_name: str, dest: Path) -> int:
-        """Write the adapter's whole pool as Problem JSONL; returns the line count."""
+        The snapshot is every pool entry up to its newest revision, so that revision is an exact
+        watermark: the retrain decision, the artifact and the next period's "new entries" all
+        come from this one read."""
         watcher = await self.kv.watch(f"pool.{adapter_name}.>", ignore_deletes=True)
-        count = 0
-        with open(dest, "w") as fh:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                fh.write(entry.value.decode().strip() + "\n")
-                count += 1
-                if entry.delta == 0:
-                    break
-        await watcher.stop()
-        return count
+        lines = new = newest = 0
+        try:
+            with open(dest, "w") as fh:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    fh.write(entry.value.decode().strip() + "\n")
+                    lines += 1
+                    new += entry.revision > after_seq
+                    newest = max(newest, entry.revision)
+                    if entry.delta == 0:
+                        break
+        finally:
+            await watcher.stop()
+        return PoolSnapshot(lines=lines, new=new, newest_seq=max(newest, after_seq))
 
     async def _get_state(self, name: str) -> RetrainState:
         key = f"trigger.{name}"
@@ -263,15 +275,22 @@ class Collector:
             if decision.period == state.last_period:
                 return None
             config, sha = await self.retrain_config(adapter_name)
-            pool_seq = await self.pool_seq()
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "pool.jsonl"
-                lines = await self.snapshot(adapter_name, path)
+                snap = await self.snapshot(adapter_name, path, state.last_pool_seq)
+                # Decide again on what the snapshot holds: the count above is only a cheap pre-check.
+                decision = retrain_decision(state, current, snap.new, self.settings)
+                if decision.period is None:
+                    log.warning("retrain check of %s: the pool snapshot has %d new entries, %d counted before; "
+                                "looking again next round", adapter_name, snap.new, new)
+                    return None
+                pool_seq = snap.newest_seq
                 # Unique per attempt: replicas racing for one period each upload; only the CAS winner's is used.
                 name = f"{hashlib.sha256(decision.period.encode()).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
                 ref = await self.artifacts.put_file(path, f"production-pool/{adapter_name}/{name}.jsonl")
             event = retrain_event(adapter_name, decision.period, config, sha, ref.uri)
-            log.info("retrain of %s requested (%s): pool of %d problems at %s", adapter_name, decision.reason, lines, ref.uri)
+            log.info("retrain of %s requested (%s): pool of %d problems up to sequence %d at %s",
+                     adapter_name, decision.reason, snap.lines, pool_seq, ref.uri)
 
         def fn(raw: bytes | None) -> bytes | None:
             s = RetrainState.model_validate_json(raw) if raw else RetrainState(adapter_name=adapter_name, schedule_anchor=current)

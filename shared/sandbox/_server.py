@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -46,6 +47,7 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 UID_BASE = 1_000_000
 SETUP_FD = 3
 PIPE_CHUNK = 65536
+OUTPUT_GRACE_S = 0.02
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -268,6 +270,7 @@ class Server:
         os.mkdir(self.workroot, 0o711)
         os.chmod(self.workroot, 0o711)
         self.counter = 0
+        self.next_child: tuple[int, int, int, int, int, int] | None = None
         self.outer = outer
         if not self.drop and not self.private_tmp:
             self._clean_shared_tmp = lambda: None  # type: ignore[method-assign]  # same uid as the host: touch nothing
@@ -289,23 +292,38 @@ class Server:
 
     def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
         self.counter += 1
+        child, self.next_child = self.next_child or self._spawn(), None
         workdir = self.workdir
         try:
-            os.mkdir(workdir, 0o700)
-        except FileExistsError:  # a previous removal failed half-way: never reuse what a run left
-            shutil.rmtree(workdir)
-            os.mkdir(workdir, 0o700)
-        try:
-            path = os.path.join(workdir, "solution.py")
-            with open(path, "wb") as f:
-                f.write(code)
-            os.chmod(path, 0o644)
-            if self.drop:
-                os.chown(workdir, self.uid, self.gid)
-            return self._fork_and_watch(req, code, stdin, workdir)
+            try:
+                try:
+                    os.mkdir(workdir, 0o700)
+                except FileExistsError:  # a previous removal failed half-way: never reuse what a run left
+                    shutil.rmtree(workdir)
+                    os.mkdir(workdir, 0o700)
+                fd = os.open(os.path.join(workdir, "solution.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    view = memoryview(code)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+                if self.drop:
+                    os.chown(workdir, self.uid, self.gid)
+            except BaseException:
+                _discard(child)
+                raise
+            return self._watch(child, req, code, stdin)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._remove_workdir(workdir)
             self._clean_shared_tmp()
+
+    def _remove_workdir(self, workdir: str) -> None:
+        try:  # the usual case, in two system calls: only the program file is there
+            os.unlink(os.path.join(workdir, "solution.py"))
+            os.rmdir(workdir)
+        except OSError:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def _clean_shared_tmp(self) -> None:
         """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind)."""
@@ -327,45 +345,83 @@ class Server:
                 except OSError:
                     pass
 
-    def _fork_and_watch(self, req: dict, code: bytes, stdin: bytes, workdir: str):
-        lim = req["limits"]
+    def prefork(self) -> None:
+        """Fork the next run's child now, while the harness reads the last result.
+
+        The child is a fresh copy of the server, still root, holding nothing of any run: it does its
+        request-independent setup and then sleeps on its request pipe. Only with a pid namespace, where
+        the server is pid 1 and nothing else on the host sees it as a child; the run still starts from
+        a process that never ran anything, so this changes when the fork happens, not what is isolated.
+        """
+        if self.pidns and self.next_child is None:
+            self.next_child = self._spawn()
+
+    def _spawn(self) -> tuple[int, int, int, int, int, int]:
+        """Fork a child that sets itself up and waits for its request; returns the server's ends."""
         r0, w0 = os.pipe()
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
         rs, ws = os.pipe()
+        rq, wq = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(self, (r0, w1, w2, ws, rq))
+            finally:
+                os._exit(125)
+        for fd in (r0, w1, w2, ws, rq):
+            os.close(fd)
+        return pid, w0, r1, r2, rs, wq
+
+    def _watch(self, child: tuple[int, int, int, int, int, int], req: dict, code: bytes, stdin: bytes):
+        pid, w0, r1, r2, rs, wq = child
+        lim = req["limits"]
+        raw = json.dumps(req).encode()
+        try:  # blocking: the child is already reading, a large program just takes several pipe-fulls
+            os.write(wq, b"".join((_LEN.pack(len(raw)), raw, code)))
+        except OSError:
+            pass  # the child is gone: its exit status and empty setup report say so below
+        os.close(wq)
         pending = memoryview(stdin)
-        if pending:  # most inputs fit the pipe: written before the fork, no write loop needed
+        if pending:  # most inputs fit the pipe: one write, no write loop needed
             os.set_blocking(w0, False)
             try:
                 pending = pending[os.write(w0, pending[:PIPE_CHUNK]):]
-            except BlockingIOError:
+            except (BlockingIOError, BrokenPipeError):
                 pass
         if not pending:
             os.close(w0)
             w0 = -1
         t0 = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _child(self, req, code, workdir, (r0, w1, w2, ws))
-            finally:
-                os._exit(125)
-        for fd in (r0, w1, w2, ws):
-            os.close(fd)
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         caps = {r1: lim["stdout_cap"], r2: lim["stderr_cap"]}
         bufs = {r1: bytearray(), r2: bytearray()}
         truncated = {r1: False, r2: False}
         watched = {r1, r2, pidfd}
-        for fd in watched:
-            poller.register(fd, select.POLLIN)
+        registered = {pidfd}
+        poller.register(pidfd, select.POLLIN)
         if w0 >= 0:
             poller.register(w0, select.POLLOUT)
             watched.add(w0)
+            registered.add(w0)
+        # The outputs are read only after the child exits or OUTPUT_GRACE_S passes: a short program's
+        # output waits in the pipe, and the server wakes once per run (on the exit) instead of once per
+        # write. A program that fills the pipe sooner just waits that long for its first drain.
+        listen_at = t0 + OUTPUT_GRACE_S
+
+        def listen() -> None:
+            nonlocal listen_at
+            listen_at = 0.0
+            for fd in (r1, r2):
+                if fd in watched and fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                    registered.add(fd)
 
         def drop(fd: int) -> None:
-            poller.unregister(fd)
+            if fd in registered:
+                poller.unregister(fd)
+                registered.discard(fd)
             watched.discard(fd)
             os.close(fd)
 
@@ -375,12 +431,16 @@ class Server:
         end = deadline
         while watched:
             now = time.monotonic()
+            if listen_at and now >= listen_at:
+                listen()
             if exited is None and killed_for is None and now >= deadline:
                 killed_for = "wall"
                 self._kill_all(pid)
             if exited is not None and now >= end:
                 break
             wait = 0.05 if killed_for is not None and exited is None else max(0.0, end - now)
+            if listen_at:
+                wait = min(wait, max(0.0, listen_at - now))
             for fd, ev in poller.poll(wait * 1000):
                 if fd == pidfd:
                     drop(pidfd)
@@ -388,6 +448,7 @@ class Server:
                     exited = (status, ru, time.monotonic())
                     # The run ends with its main process: nothing it started may outlive it.
                     self._kill_all(pid)
+                    listen()
                     if w0 >= 0:
                         drop(w0)
                         w0 = -1
@@ -501,6 +562,21 @@ class Server:
             except Exception as e:  # noqa: BLE001 - reported to the harness as sandbox_error
                 head, outs = {"error": f"{type(e).__name__}: {e}"}, (b"", b"")
             send_msg(self.sock, head, outs)
+            # Nothing of this run may be reachable from the next child (it is a copy of this process).
+            del msg, req, blobs, head, outs
+            self.prefork()
+
+
+def _discard(child: tuple[int, ...]) -> None:
+    """End a spawned child that will get no request (it is still root and has run nothing)."""
+    pid, *fds = child
+    for fd in fds:
+        os.close(fd)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _descendants(root: int) -> list[int]:
@@ -521,17 +597,35 @@ def _descendants(root: int) -> list[int]:
 # ---------------------------------------------------------------- the child: runs the program
 
 
-def _child(server: Server, req: dict, code: bytes, workdir: str, fds: tuple[int, int, int, int]) -> None:
-    r0, w1, w2, ws = fds
+REQUEST_FD = SETUP_FD + 1
+
+
+def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
+    """Set up what doesn't depend on the request, wait for it, then limit, drop and run the program."""
     try:
+        # Sources first moved above the targets 0-4, so that no dup2 overwrites a source still to move.
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, REQUEST_FD + 1) for fd in fds]
+        for target, fd in enumerate(moved):
+            os.dup2(fd, target, inheritable=target <= 2)
+        os.closerange(REQUEST_FD + 1, 1 << 20)
         os.setsid()
-        os.dup2(r0, 0)
-        os.dup2(w1, 1)
-        os.dup2(w2, 2)
-        if ws != SETUP_FD:
-            os.dup2(ws, SETUP_FD, inheritable=False)
-        os.closerange(SETUP_FD + 1, 1 << 20)
-        os.chdir(workdir)
+        os.umask(0o077)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except BaseException as e:  # noqa: BLE001
+        _setup_failed(e)
+    chunks = []
+    while chunk := os.read(REQUEST_FD, 1 << 20):
+        chunks.append(chunk)
+    os.close(REQUEST_FD)
+    if not chunks:  # the server is going away without a run for us
+        os._exit(0)
+    data = b"".join(chunks)
+    n = _LEN.unpack_from(data)[0]
+    req = json.loads(data[_LEN.size:_LEN.size + n])
+    code = data[_LEN.size + n:]
+    del chunks, data
+    try:
+        os.chdir(server.workdir)
         lim = req["limits"]
         cpu = max(1, int(-(-lim["cpu_s"] // 1)))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -543,8 +637,6 @@ def _child(server: Server, req: dict, code: bytes, workdir: str, fds: tuple[int,
         if not server.drop:  # shared uid: allow what it already runs plus the run's share
             nproc += _count_own_processes()
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        os.umask(0o077)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if server.drop:
             os.setgroups([])
             os.setresgid(server.gid, server.gid, server.gid)
@@ -553,11 +645,15 @@ def _child(server: Server, req: dict, code: bytes, workdir: str, fds: tuple[int,
         os.write(SETUP_FD, b"ok")
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001
-        try:
-            os.write(SETUP_FD, f"{type(e).__name__}: {e}".encode()[:4000] or b"setup failed")
-        finally:
-            os._exit(125)
+        _setup_failed(e)
     os._exit(_run_program(req, code.decode("utf-8", errors="replace"), path))
+
+
+def _setup_failed(e: BaseException) -> None:
+    try:
+        os.write(SETUP_FD, f"{type(e).__name__}: {e}".encode()[:4000] or b"setup failed")
+    finally:
+        os._exit(125)
 
 
 def _count_own_processes() -> int:
@@ -689,6 +785,7 @@ def main(argv: list[str]) -> None:
     gc.collect()
     gc.freeze()  # keeps the children's copy-on-write pages shared
     try:
+        server.prefork()
         server.serve()
     finally:
         shutil.rmtree(server.workroot, ignore_errors=True)

@@ -1,46 +1,66 @@
-"""SIGKILL each service once in the middle of a pipeline run: the run still completes,
-with exactly one registry entry (one version) and one outcome per stage.
+"""Faults in the middle of a pipeline run, with every service its own process:
 
-Every service runs as its own `lorafleet serve` process on a real nats-server. When
-a service's input event appears, that service is SIGKILLed (mid-handling: the
-message is unacked) and restarted; JetStream redelivers after ack_wait and the new
-process finishes the job. Nats-Msg-Id dedup + idempotent handlers must keep every
-outcome single.
+- a batch of jobs goes through ingest → enrich → trainer → evaluator → registry on a
+  3-node JetStream cluster (stream, KV buckets and object store at 3 replicas);
+- each service is SIGKILLed once while it holds its first job's message, and restarted;
+- the stream's leader server is SIGKILLed mid-run and restarted.
+
+Every job still completes, with one outcome per stage in the stream and exactly
+one registry version per adapter: redelivery + Nats-Msg-Id dedup + idempotent
+handlers, not luck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import json
 import time
+from pathlib import Path
 
 import nats
 import pytest
+from nats.js import api
 
 from lorafleet.shared.bus import SERVICES, ensure_stream, publish_event
 from lorafleet.shared.events import STREAM, TrainRequested
+from lorafleet.shared.nats_server import start_cluster
 from lorafleet.shared.settings import Settings
 
 from conftest import tiny_pipeline_config
+from fleet import Fleet
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
-# The event that hands work to each service.
+JOBS = 2
+# The event that hands work to each service, and what it publishes when done.
 INPUT_OF = {"ingest": "train.requested", "enrich": "dataset.ready", "trainer": "dataset.enriched",
             "evaluator": "adapter.trained", "registry": "adapter.evaluated"}
-OUTPUT_OF = {"ingest": "dataset.ready", "enrich": "dataset.enriched", "trainer": "adapter.trained",
-             "evaluator": "adapter.evaluated"}
+OUTPUTS = ("dataset.ready", "dataset.enriched", "adapter.trained", "adapter.evaluated")
+
+
+def _cluster_helpers():
+    path = Path(__file__).resolve().parents[1] / "integration" / "cluster" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("lorafleet_cluster_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _count(js, event_type: str) -> int:
+    """Messages of one type in the stream; -1 while no leader answers."""
+    with contextlib.suppress(Exception):
+        info = await js.stream_info(STREAM, subjects_filter=f"lorafleet.v1.{event_type}")
+        return sum((info.state.subjects or {}).values())
+    return -1
 
 
 async def _unique_in_stream(js, event_type: str) -> list[dict]:
     """Messages of one type in the stream (what a consumer would see), not core-NATS publishes."""
-    import json
-
-    from nats.js import api
-
-    info = await js.stream_info(STREAM, subjects_filter=f"lorafleet.v1.{event_type}")
-    total = sum((info.state.subjects or {}).values())
-    out = []
-    if total:
+    total = await _count(js, event_type)
+    out: list[dict] = []
+    if total > 0:
         sub = await js.subscribe(f"lorafleet.v1.{event_type}", ordered_consumer=True,
                                  config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL))
         try:
@@ -51,63 +71,76 @@ async def _unique_in_stream(js, event_type: str) -> list[dict]:
     return out
 
 
-async def test_sigkill_each_service_once_and_the_run_completes_once(nats_url, fleet, events, tmp_path):
+async def test_killing_each_service_and_the_stream_leader_mid_run_loses_and_duplicates_nothing(tmp_path):
     assert set(INPUT_OF) == set(SERVICES)
-    settings = Settings(nats_url=nats_url, data_dir=tmp_path / "data")
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
+    servers = start_cluster(tmp_path / "cluster", size=3)
+    urls = [s.url for s in servers]
+    fleet = Fleet(",".join(urls), tmp_path / "data", env={
+        "LORAFLEET_STREAM_REPLICAS": "3", "LORAFLEET_ACK_WAIT_S": "5", "LORAFLEET_MAX_DELIVER": "10",
+        "LORAFLEET_RETRY_DELAY_S": "0.5", "LORAFLEET_PUBLISH_TIMEOUT_S": "3"})
+    nc = None
     try:
+        await _cluster_helpers().wait_jetstream_ready(urls)
+        settings = Settings(nats_url=",".join(urls), data_dir=tmp_path / "data", stream_replicas=3)
+        nc = await nats.connect(servers=urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream()
         await ensure_stream(js, settings)
         for service in SERVICES:
             fleet.start(service)
-        cfg = tiny_pipeline_config()
-        request = TrainRequested(request_id="e2e-kill", adapter_name=cfg["adapter_name"], config=cfg,
-                                 config_sha256="e2e", reason="manual")
-        await publish_event(js, request)
+        names = [f"job-{i}" for i in range(JOBS)]
+        for name in names:
+            await publish_event(js, TrainRequested(request_id=name, adapter_name=name,
+                                                   config=tiny_pipeline_config(name), config_sha256=name))
 
-        killed: dict[str, float] = {}
-        deadline = time.monotonic() + 360
-        while time.monotonic() < deadline and len(killed) < len(SERVICES):
-            failed = [d for t, d in events.items if t.endswith(".failed")]
-            assert not failed, f"{failed}\n{fleet.logs()}"
+        killed: set[str] = set()
+        leader_killed = False
+        deadline = time.monotonic() + 400
+        while len(killed) < len(SERVICES) or not leader_killed:
+            assert time.monotonic() < deadline, f"killed only {sorted(killed)}, leader {leader_killed}\n{fleet.logs()}"
+            assert await _count(js, "training.failed") <= 0, fleet.logs()
             for service, input_type in INPUT_OF.items():
-                if service not in killed and events.of(input_type):
-                    await asyncio.sleep(0.3)  # let it pick the message up: the kill lands mid-handling
+                if service not in killed and await _count(js, input_type) >= 1:
+                    await asyncio.sleep(0.3)  # let it take the message: the kill lands mid-handling
                     (replica,) = fleet.of(service)
                     fleet.kill(replica)
-                    killed[service] = time.monotonic()
-                    await asyncio.sleep(0.5)
+                    killed.add(service)
                     fleet.restart(replica)
-            if any(t in ("adapter.registered", "adapter.rejected") for t in events.types()) and "registry" in killed:
-                break
-            await asyncio.sleep(0.1)
-        assert set(killed) == set(SERVICES), f"only {sorted(killed)} were killed; saw {events.types()}\n{fleet.logs()}"
-
-        outcome = None
-        while time.monotonic() < deadline:
-            done = events.of("adapter.registered") + events.of("adapter.rejected")
-            if done:
-                outcome = done
-                break
-            failed = [t for t in events.types() if t.endswith(".failed")]
-            assert not failed, f"{failed}: {[d for t, d in events.items if t in failed]}\n{fleet.logs()}"
+            if not leader_killed and "trainer" in killed:
+                leader_name = (await js.stream_info(STREAM)).cluster.leader
+                leader = next(s for s in servers if s.server_name == leader_name)
+                leader.kill()
+                leader_killed = True
+                await asyncio.sleep(3.0)
+                leader.start()
             await asyncio.sleep(0.2)
-        assert outcome, f"no registry outcome; saw {events.types()}\n{fleet.logs()}"
+
+        while True:
+            done = max(0, await _count(js, "adapter.registered")) + max(0, await _count(js, "adapter.rejected"))
+            if done >= JOBS:
+                break
+            assert time.monotonic() < deadline, f"{done}/{JOBS} registry outcomes\n{fleet.logs()}"
+            assert await _count(js, "training.failed") <= 0, fleet.logs()
+            await asyncio.sleep(0.5)
         await asyncio.sleep(3.0)  # a duplicate from a redelivered job would land now
 
-        for service, output in OUTPUT_OF.items():
-            in_stream = await _unique_in_stream(js, output)
-            assert len(in_stream) == 1, f"{service}: {len(in_stream)} x {output} in the stream"
-        registered = await _unique_in_stream(js, "adapter.registered")
-        rejected = await _unique_in_stream(js, "adapter.rejected")
-        assert len(registered) + len(rejected) == 1, (registered, rejected)
+        for event_type in OUTPUTS:
+            got = sorted(e["adapter_name"] for e in await _unique_in_stream(js, event_type))
+            assert got == names, f"{event_type}: {got}"
+        outcomes = await _unique_in_stream(js, "adapter.registered") + await _unique_in_stream(js, "adapter.rejected")
+        assert sorted(e["adapter_name"] for e in outcomes) == names
 
         from lorafleet.services.registry.model import AdapterState
         from lorafleet.services.registry.settings import RegistrySettings
 
         kv = await js.key_value(RegistrySettings().bucket)
-        state = AdapterState.model_validate_json((await kv.get(f"adapter.{cfg['adapter_name']}")).value)
-        assert list(state.versions) == [1], f"versions {list(state.versions)}"
+        for name in names:
+            state = AdapterState.model_validate_json((await kv.get(f"adapter.{name}")).value)
+            assert list(state.versions) == [1], f"{name}: versions {list(state.versions)}"
+        assert (await js.stream_info(STREAM)).config.num_replicas == 3
         assert all(r.kills == 1 for r in fleet.replicas)
     finally:
-        await nc.close()
+        fleet.stop()
+        if nc is not None:
+            await nc.close()
+        for s in servers:
+            s.stop()

@@ -2,6 +2,7 @@
 replicas check, and a clear failure when there is no config to retrain with."""
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -62,3 +63,100 @@ async def test_no_training_config_is_a_clear_error(nc, tmp_path):
     with pytest.raises(LorafleetError, match="LORAFLEET_REGISTRY_RETRAIN_CONFIGS"):
         await collector.check("py")
     assert await read(js, "lorafleet.v1.train.requested") == []
+
+
+async def retraining_collector(js, tmp_path, threshold: int, kv=None) -> Collector:
+    settings = RegistrySettings(retrain_pool_threshold=threshold)
+    store = await RegistryStore.open(js, settings)
+    config = TrainConfig(adapter_name="py", base_model="tiny").model_dump(mode="json")
+    if (await store.get("py"))[0] is None:
+        await store.apply("py", lambda s: core.register(s, evaluated(name="py"), INFO, 1, NOW, settings, config))
+        await store.apply("py", lambda s: core.promote(s, "py", 1, NOW))
+    collector = await Collector.open(store, LocalArtifactStore(tmp_path / "art"), verify=None)
+    if kv is not None:
+        collector.kv = kv(collector.kv)
+    return collector
+
+
+def candidate(i: int) -> ProductionOutcome:
+    return ProductionOutcome(request_id="r", adapter_name="py", version=1, request_key=f"k{i}", success=True,
+                             confidence=0.97, latency_ms=1, problem=f"problem {i}", solution=f"print({i})")
+
+
+async def pooled(collector: Collector, uri: str, dest) -> set[str]:
+    path = await collector.artifacts.get_file(uri, dest)
+    return {json.loads(line)["id"] for line in path.read_text().splitlines()}
+
+
+class AddDuringSnapshot:
+    """The real pool bucket, with one more candidate committed the moment a snapshot starts reading:
+    an add that lands between the trigger decision and the snapshot."""
+
+    def __init__(self, kv) -> None:
+        self._kv, self.add = kv, None
+
+    def __getattr__(self, name):
+        return getattr(self._kv, name)
+
+    async def watch(self, *args, **kwargs):
+        if self.add is not None:
+            add, self.add = self.add, None
+            await add()
+        return await self._kv.watch(*args, **kwargs)
+
+
+async def test_pool_trigger_snapshot_and_watermark_agree(nc, tmp_path):
+    js = nc.jetstream()
+    collector = await retraining_collector(js, tmp_path, threshold=3, kv=AddDuringSnapshot)
+    for i in range(3):
+        assert await collector.on_outcome(candidate(i)) == "added"
+    collector.kv.add = lambda: collector.on_outcome(candidate(3))
+    event = await collector.check("py")
+    assert event is not None
+    lines = await pooled(collector, event.extra_sources[0].path, tmp_path / "pool.jsonl")
+    status = await collector.status("py")
+    # The late candidate is either in this retrain or counted new for the next one, never both or neither.
+    assert status["pool_size"] == 4 and len(lines) + status["new_since_last"] == 4, (len(lines), status)
+    assert len(lines) == 4 and status["triggers"] == 1
+
+
+async def test_concurrent_adds_and_checks_lose_and_repeat_nothing(nc, tmp_path):
+    """Replicas adding and checking at once: every candidate lands in exactly one retrain's new entries,
+    and there is exactly one train.requested per trigger."""
+    js = nc.jetstream()
+    replicas = [await retraining_collector(js, tmp_path, threshold=4) for _ in range(3)]
+    n = 40
+
+    async def add(i: int) -> None:
+        await asyncio.sleep(0.01 * i)  # a trickle, so that checks run between adds and trigger several times
+        assert await replicas[i % 3].on_outcome(candidate(i)) == "added"
+
+    async def check_loop(c: Collector, stop: asyncio.Event) -> list:
+        events = []
+        while not stop.is_set():
+            event = await c.check("py")
+            if event is not None:
+                events.append(event)
+            await asyncio.sleep(0)
+        return events
+
+    stop = asyncio.Event()
+    checkers = [asyncio.create_task(check_loop(c, stop)) for c in replicas]
+    await asyncio.gather(*(add(i) for i in range(n)))
+    while (await replicas[0].status("py"))["new_since_last"] >= 4:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*checkers)
+    requested = await read(js, "lorafleet.v1.train.requested")
+    status = await replicas[0].status("py")
+    assert len(requested) == status["triggers"] >= 2
+    assert len({e["event_id"] for e in requested}) == len(requested)
+    seen: set[str] = set()
+    sizes = []
+    for event in requested:
+        problems = await pooled(replicas[0], event["extra_sources"][0]["path"], tmp_path / "pool.jsonl")
+        assert seen <= problems  # each snapshot holds everything the earlier ones had
+        assert len(problems - seen) >= 4  # and at least the threshold of new entries
+        seen = problems
+        sizes.append(len(problems))
+    assert sizes == sorted(sizes) and len(seen) + status["new_since_last"] == n == status["pool_size"], (sizes, status)

@@ -28,7 +28,10 @@ def subj(event_type: str) -> str:
 
 @pytest.fixture
 def settings(nats_url, tmp_path, monkeypatch):
-    for key, value in {"AB_MIN_SAMPLES": "40", "AB_TRAFFIC": "0.5", "RETRAIN_POOL_THRESHOLD": "3",
+    # The threshold is the number of distinct verified candidates step 4 sends: the retrain can only fire once
+    # all of them are accepted, so it must contain all 4. (With 3, a check between the 3rd and 4th acceptance
+    # rightly leaves the 4th to the next period, and the test would depend on timing.)
+    for key, value in {"AB_MIN_SAMPLES": "40", "AB_TRAFFIC": "0.5", "RETRAIN_POOL_THRESHOLD": "4",
                        "RETRAIN_CHECK_INTERVAL_S": "0.2", "OUTCOME_LINGER_MS": "2"}.items():
         monkeypatch.setenv(f"LORAFLEET_REGISTRY_{key}", value)
     return Settings(nats_url=nats_url, artifact_backend="local", artifact_dir=tmp_path / "artifacts",

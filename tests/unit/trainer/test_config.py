@@ -71,10 +71,14 @@ def test_save_steps_must_align_with_eval_steps(tiny_config, tmp_path):
 def test_cpu_maps_gpu_only_settings(tiny_config, tmp_path):
     from lorafleet.services.trainer.train import sft_config
 
-    args = sft_config(tiny_config(training={"optim": "paged_adamw_8bit", "bf16": True, "warmup_ratio": 0.1}),
-                      tmp_path, has_eval=True)
+    args = sft_config(tiny_config(training={"optim": "paged_adamw_8bit", "bf16": True, "warmup_ratio": 0.1,
+                                            "packing_strategy": "bfd"}), tmp_path, has_eval=True)
     assert args.optim == "adamw_torch" and not args.bf16 and args.use_cpu
-    assert args.warmup_steps == 0.1 and args.assistant_only_loss and args.metric_for_best_model == "eval_pass_at_1"
+    assert args.warmup_steps == 0.1 and args.metric_for_best_model == "eval_pass_at_1"
+    assert args.assistant_only_loss and args.packing and args.packing_strategy == "bfd"
+    # bfd_rows: train.datasets_for() packs and builds the assistant-only labels itself
+    rows = sft_config(tiny_config(training={"packing_strategy": "bfd_rows"}), tmp_path, has_eval=True)
+    assert not rows.packing and not rows.assistant_only_loss
 
 
 def test_nf4_without_gpu_is_a_clear_config_error(tiny_config):
