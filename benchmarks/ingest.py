@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import sys
@@ -58,6 +59,11 @@ def make_source(path: Path, n: int, seed: int = 0) -> None:
                                 "input_output": json.dumps(io), "difficulty": "interview", "url": "", "starter_code": ""}) + "\n")
 
 
+def load() -> str:
+    """The machine is shared: each figure says what the load average was when it was taken."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -79,7 +85,7 @@ def main() -> None:
         with src.open("rb") as f:
             rows = sum(1 for line in f if json.loads(line))
         base_wall, base_cpu = time.perf_counter() - t, time.process_time() - c
-        print(f"baseline, json.loads of every row: {rows / base_wall:,.0f} rows/s wall, {rows / base_cpu:,.0f} rows/CPU-s")
+        print(f"baseline, json.loads of every row: {rows / base_wall:,.0f} rows/s wall, {rows / base_cpu:,.0f} rows/CPU-s; {load()}")
 
         # The three stages alone, as the pipeline calls them (no spool, no split, no write).
         t, c = time.perf_counter(), time.process_time()
@@ -93,7 +99,7 @@ def main() -> None:
             n += 1
         stage_wall, stage_cpu = time.perf_counter() - t, time.process_time() - c
         print(f"normalise + classify + dedup stages: {n} problems in {stage_wall:.1f}s = {n / stage_wall:,.0f} problems/s "
-              f"wall, {n / stage_cpu:,.0f} problems/CPU-s (goal 5,000/s); {merged} near-duplicates found")
+              f"wall, {n / stage_cpu:,.0f} problems/CPU-s (goal 5,000/s); {merged} near-duplicates found; {load()}")
         del index  # the pipeline builds its own; peak RSS should be the pipeline's
 
         off = DataSection(domains=[], min_examples=0, verify={"enabled": False})
@@ -105,7 +111,7 @@ def main() -> None:
               f"{secs:.1f}s = {rate:,.0f} problems/s wall, {cpu_rate:,.0f} problems/CPU-s "
               f"(goal 5,000/s: {'met' if rate >= 5000 else 'NOT met'} wall, {'met' if cpu_rate >= 5000 else 'NOT met'} "
               f"per CPU-s); {cpu_rate / (rows / base_cpu):.3f} x the json.loads baseline; duplicate problems merged: "
-              f"{report['duplicate_problems']}, duplicate solutions: {report['duplicate_solutions']}")
+              f"{report['duplicate_problems']}, duplicate solutions: {report['duplicate_solutions']}; {load()}")
 
         # verification on: the same slice through the pipeline and straight through the sandbox
         judge = sandbox_judge(args.workers)

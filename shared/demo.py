@@ -201,7 +201,8 @@ def _supervisor(settings: Any, log_path: Path):
                                               start_new_session=True, preexec_fn=cli_up._die_with_parent)
             child.starts = [t for t in child.starts if t > time.monotonic() - cli_up.RESTART_WINDOW_S] + [time.monotonic()]
 
-    return LoggedSupervisor(settings, {s: 1 for s in SERVICES})
+    # Two evaluator replicas share the evaluation's shards (the other services wait on it then).
+    return LoggedSupervisor(settings, {s: 2 if s == "evaluator" else 1 for s in SERVICES})
 
 
 # --------------------------------------------------------------------------- the run
@@ -232,6 +233,7 @@ class Demo:
 
         cfg = load_config(self.config_path)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.fresh_start()
         for key, value in DEMO_ENV.items():
             os.environ.setdefault(key, value)
         os.environ["LORAFLEET_DATA_DIR"] = str(self.data_dir.resolve())
@@ -253,6 +255,19 @@ class Demo:
         self.timings["tiny model"] = time.monotonic() - t
         self.say(f"tiny base model ready in {self.timings['tiny model']:.1f}s: {model_dir}")
         return cfg, settings, model_dir
+
+    def fresh_start(self) -> None:
+        """Each demo tells the whole story again: forget the last run's events, registry and
+        artifacts (the demo's own subdirectories only); keep enrich's answer cache."""
+        import shutil
+
+        from lorafleet.shared.nats_server import read_embedded_url
+
+        if read_embedded_url(self.data_dir.resolve()):
+            raise LorafleetError(f"a demo or `lorafleet up` is already running on {self.data_dir}: stop it first "
+                                 "or pass another --data-dir")
+        for sub in ("nats", "artifacts", "reports", "logs", "ingest", "trainer", "evaluator"):
+            shutil.rmtree(self.data_dir / sub, ignore_errors=True)
 
     # ---------------------------------------------------------------- main
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -100,6 +101,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def bitsandbytes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def load_base(config: TrainConfig):
     """Tokenizer + base model, 4-bit NF4 on GPU when the config asks for it."""
     import torch
@@ -117,11 +124,13 @@ def load_base(config: TrainConfig):
     gpu = cuda_available()
     kwargs: dict[str, Any] = {}
     if config.quantization == "nf4":
-        if not gpu:
+        if not gpu and not bitsandbytes_available():
             raise ConfigError(
-                f"quantization: nf4 needs a CUDA GPU (bitsandbytes); set `quantization: none` to train "
-                f"{config.base_model} on CPU"
+                f"quantization: nf4 needs bitsandbytes (the `gpu` extra) and normally a CUDA GPU; set "
+                f"`quantization: none` to train {config.base_model} on CPU"
             )
+        if not gpu:
+            log.warning("quantization nf4 without CUDA: bitsandbytes' CPU kernels (slow; meant for tests)")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -131,6 +140,8 @@ def load_base(config: TrainConfig):
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
+        # 4-bit weights can't be moved after loading: place them now (LOCAL_RANK under torchrun/accelerate).
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if gpu else "cpu"
     elif gpu and config.training.bf16:
         kwargs["dtype"] = torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -167,7 +178,7 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
     gpu = cuda_available()
     optim = t.optim
     if not gpu and ("8bit" in optim or "paged" in optim):
-        optim = "adamw_torch"  # bitsandbytes optimizers are CUDA-only
+        optim = "adamw_torch"  # paged memory is a CUDA feature; on CPU plain AdamW is the honest choice
     evaluate = has_eval
     if evaluate and t.save_steps % v.eval_steps != 0:
         raise ConfigError(
@@ -240,7 +251,6 @@ def train(job: TrainJob) -> TrainResult:
     from trl import SFTTrainer
 
     from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
-
     from lorafleet.services.trainer.tiny_model import configure_cpu_threads
 
     config = job.config
@@ -316,17 +326,20 @@ def train(job: TrainJob) -> TrainResult:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(str(tmp))
     adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
-    history = trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    best_checkpoint = Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None
+    best_step = int(best_checkpoint.split("-")[-1]) if best_checkpoint else None
+    shipped = next((h for h in evals if h.get("step") == best_step), evals[-1] if evals else {})
     metrics = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "best_metric": trainer.state.best_metric,
-        "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
+        "best_checkpoint": best_checkpoint,
         "metric": v.metric if has_eval else None,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "eval_pass_at_1": next((h["eval_pass_at_1"] for h in reversed(history) if "eval_pass_at_1" in h), None),
+        # the evaluation of the checkpoint that ships
+        "eval_loss": shipped.get("eval_loss"),
+        "eval_pass_at_1": shipped.get("eval_pass_at_1"),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "train_seconds": round(time.monotonic() - started, 2),
         "resumed_from_step": resumed_from,

@@ -47,7 +47,6 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 UID_BASE = 1_000_000
 SETUP_FD = 3
 PIPE_CHUNK = 65536
-OUTPUT_GRACE_S = 0.02
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -399,29 +398,14 @@ class Server:
         bufs = {r1: bytearray(), r2: bytearray()}
         truncated = {r1: False, r2: False}
         watched = {r1, r2, pidfd}
-        registered = {pidfd}
-        poller.register(pidfd, select.POLLIN)
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
         if w0 >= 0:
             poller.register(w0, select.POLLOUT)
             watched.add(w0)
-            registered.add(w0)
-        # The outputs are read only after the child exits or OUTPUT_GRACE_S passes: a short program's
-        # output waits in the pipe, and the server wakes once per run (on the exit) instead of once per
-        # write. A program that fills the pipe sooner just waits that long for its first drain.
-        listen_at = t0 + OUTPUT_GRACE_S
-
-        def listen() -> None:
-            nonlocal listen_at
-            listen_at = 0.0
-            for fd in (r1, r2):
-                if fd in watched and fd not in registered:
-                    poller.register(fd, select.POLLIN)
-                    registered.add(fd)
 
         def drop(fd: int) -> None:
-            if fd in registered:
-                poller.unregister(fd)
-                registered.discard(fd)
+            poller.unregister(fd)
             watched.discard(fd)
             os.close(fd)
 
@@ -431,16 +415,12 @@ class Server:
         end = deadline
         while watched:
             now = time.monotonic()
-            if listen_at and now >= listen_at:
-                listen()
             if exited is None and killed_for is None and now >= deadline:
                 killed_for = "wall"
                 self._kill_all(pid)
             if exited is not None and now >= end:
                 break
             wait = 0.05 if killed_for is not None and exited is None else max(0.0, end - now)
-            if listen_at:
-                wait = min(wait, max(0.0, listen_at - now))
             for fd, ev in poller.poll(wait * 1000):
                 if fd == pidfd:
                     drop(pidfd)
@@ -448,7 +428,6 @@ class Server:
                     exited = (status, ru, time.monotonic())
                     # The run ends with its main process: nothing it started may outlive it.
                     self._kill_all(pid)
-                    listen()
                     if w0 >= 0:
                         drop(w0)
                         w0 = -1

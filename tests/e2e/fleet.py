@@ -26,6 +26,7 @@ class Replica:
     log: Path
     proc: subprocess.Popen | None = None
     kills: int = 0
+    crashes: int = 0
 
 
 @dataclass
@@ -76,6 +77,14 @@ class Fleet:
 
     def restart(self, replica: Replica) -> None:
         self._spawn(replica)
+
+    def revive(self) -> list[Replica]:
+        """Restart replicas that exited on their own, as `lorafleet up`, compose and Kubernetes do."""
+        dead = [r for r in self.replicas if r.proc is not None and r.proc.poll() is not None]
+        for r in dead:
+            r.crashes += 1
+            self._spawn(r)
+        return dead
 
     def alive(self) -> list[Replica]:
         return [r for r in self.replicas if r.proc is not None and r.proc.poll() is None]

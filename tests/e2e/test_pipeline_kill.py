@@ -3,7 +3,10 @@
 - a batch of jobs goes through ingest → enrich → trainer → evaluator → registry on a
   3-node JetStream cluster (stream, KV buckets and object store at 3 replicas);
 - each service is SIGKILLed once while it holds its first job's message, and restarted;
-- the stream's leader server is SIGKILLed mid-run and restarted.
+- the stream's leader server is SIGKILLed mid-run and restarted;
+- a service that exits on its own (e.g. it started during the leader election and
+  could not create its consumer) is restarted, as `lorafleet up`, compose and
+  Kubernetes do.
 
 Every job still completes, with one outcome per stage in the stream and exactly
 one registry version per adapter: redelivery + Nats-Msg-Id dedup + idempotent
@@ -98,6 +101,7 @@ async def test_killing_each_service_and_the_stream_leader_mid_run_loses_and_dupl
         while len(killed) < len(SERVICES) or not leader_killed:
             assert time.monotonic() < deadline, f"killed only {sorted(killed)}, leader {leader_killed}\n{fleet.logs()}"
             assert await _count(js, "training.failed") <= 0, fleet.logs()
+            fleet.revive()
             for service, input_type in INPUT_OF.items():
                 if service not in killed and await _count(js, input_type) >= 1:
                     await asyncio.sleep(0.3)  # let it take the message: the kill lands mid-handling
@@ -120,6 +124,7 @@ async def test_killing_each_service_and_the_stream_leader_mid_run_loses_and_dupl
                 break
             assert time.monotonic() < deadline, f"{done}/{JOBS} registry outcomes\n{fleet.logs()}"
             assert await _count(js, "training.failed") <= 0, fleet.logs()
+            fleet.revive()
             await asyncio.sleep(0.5)
         await asyncio.sleep(3.0)  # a duplicate from a redelivered job would land now
 

@@ -65,6 +65,47 @@ def test_near_duplicates_need_agreeing_numbers():
     assert len(nd) == 4
 
 
+
+def test_lsh_candidates_match_datasketch():
+    # The banding is hand-written for speed; it must find exactly what MinHashLSH finds.
+    import random
+
+    from datasketch import LeanMinHash, MinHashLSH
+
+    rng = random.Random(3)
+    vocab = "array graph tree sum query print each line given find count pair order".split()
+    statements = []
+    for i in range(300):
+        if statements and rng.random() < 0.3:  # near copies: a word or two changed
+            words = rng.choice(statements).split()
+            words[rng.randrange(len(words))] = rng.choice(vocab)
+            statements.append(" ".join(words))
+        else:
+            statements.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(3, 40))) + f" {i}")
+    for threshold, num_perm in ((0.8, 128), (0.5, 64)):
+        lsh, nd = MinHashLSH(threshold=threshold, num_perm=num_perm), NearDuplicates(threshold, num_perm)
+        found = 0
+        for i, text in enumerate(statements):
+            sig = nd.signature(text)
+            lean = LeanMinHash(seed=1, hashvalues=sig.hashvalues, scheme="legacy")
+            expected = set(lsh.query(lean))
+            assert set(nd._candidates(nd._band_keys(sig))) == expected
+            found += len(expected)
+            lsh.insert(str(i), lean)
+            nd.add(str(i), sig)
+        assert found > 20  # the near copies were candidates
+
+
+def test_word_hash_cache_overflow_keeps_the_statement_words(monkeypatch):
+    from lorafleet.services.ingest import dedup
+
+    text = "alpha beta gamma delta epsilon zeta eta theta"
+    expected = signature(text).hashvalues.tolist()
+    # 8 words cached, room for 10: this statement's 8 new words overflow it
+    monkeypatch.setattr(dedup, "_WORD_HASHES", {f"w{i}": i for i in range(8)})
+    monkeypatch.setattr(dedup, "_WORD_CACHE_MAX", 10)
+    assert signature(text).hashvalues.tolist() == expected
+
 def test_union_find_keeps_earliest_root():
     uf = UnionFind()
     for i in range(5):

@@ -81,8 +81,9 @@ def test_cpu_maps_gpu_only_settings(tiny_config, tmp_path):
     assert not rows.packing and not rows.assistant_only_loss
 
 
-def test_nf4_without_gpu_is_a_clear_config_error(tiny_config):
-    from lorafleet.services.trainer.train import load_base
+def test_nf4_without_gpu_or_bitsandbytes_is_a_clear_config_error(tiny_config, monkeypatch):
+    from lorafleet.services.trainer import train
 
-    with pytest.raises(ConfigError, match="quantization: nf4 needs a CUDA GPU"):
-        load_base(tiny_config(quantization="nf4"))
+    monkeypatch.setattr(train, "bitsandbytes_available", lambda: False)  # the `gpu` extra is not installed
+    with pytest.raises(ConfigError, match="quantization: nf4 needs bitsandbytes"):
+        train.load_base(tiny_config(quantization="nf4"))
