@@ -45,7 +45,7 @@ STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("registry", "adapter.evaluated", ("adapter.registered", "adapter.rejected", "registry.failed")),
 )
 FAILED = {end for _, _, ends in STAGES for end in ends if end.endswith(".failed")}
-AB_PATIENCE_S = 180.0  # traffic time an A/B test gets before the demo stops waiting for its decision
+AB_PATIENCE_S = 90.0  # traffic time an A/B test gets before the demo stops waiting for its decision
 RETRAIN_PATIENCE_S = 180.0  # after the decision, time for the collector's pool to trigger the retrain
 DEMO_ENV = {
     # The demo's A/B test and retrain trigger: small enough to finish in minutes.
