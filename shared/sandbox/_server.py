@@ -145,8 +145,10 @@ def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
         layers.append("mount_namespace")
     except OSError:
         return
+    # Opened before any tmpfs goes over /tmp: the interpreter or venv may live there (a CI clone in /tmp).
+    python_fds = _open_python_dirs()
     try:
-        _pivot_to_minimal_root()
+        _pivot_to_minimal_root(python_fds)
         layers.append("private_root")
     except OSError:
         pass  # keep the host's tree, still with private /proc and /tmp below
@@ -156,10 +158,14 @@ def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
             if os.path.isdir(target):
                 _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
         layers.append("private_tmp")
+        _bind_python_dirs(python_fds, only_under=SHARED_TMP)
         if "private_root" not in layers:
             _expose_interpreter()
     except OSError:
         pass
+    finally:
+        for fd in python_fds.values():
+            os.close(fd)
 
 
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -170,7 +176,33 @@ ROOT_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 
 
-def _pivot_to_minimal_root() -> None:
+def _python_dirs() -> set[str]:
+    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    return dirs
+
+
+def _open_python_dirs() -> dict[str, int]:
+    return {d: os.open(d, os.O_PATH | os.O_DIRECTORY) for d in sorted(_python_dirs()) if os.path.isdir(d)}
+
+
+def _bind_python_dirs(fds: dict[str, int], prefix: str = "", only_under: tuple[str, ...] | None = None) -> None:
+    """Bind the interpreter's directories (read-only) at `prefix + path`, from fds opened earlier.
+
+    `only_under`: rebind just those that a private tmpfs (on /tmp, ...) has since covered.
+    """
+    for d, fd in fds.items():
+        if only_under is not None and not any(d == t or d.startswith(t + "/") for t in only_under):
+            continue
+        target = prefix + d
+        if only_under is None and os.path.lexists(target):
+            continue  # already inside a bound directory
+        os.makedirs(target, 0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _pivot_to_minimal_root(python_fds: dict[str, int]) -> None:
     """Make the namespace's / a tmpfs holding only ROOT_DIRS and the Python installation.
 
     Data on the host (datasets with expected outputs, artifacts, home directories, the project tree)
@@ -184,19 +216,17 @@ def _pivot_to_minimal_root() -> None:
     new = "/tmp"
     _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
     try:
-        binds = [d for d in ROOT_DIRS if os.path.lexists(d)]
-        python = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-        python.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
-        for d in binds + sorted(python):
+        for d in ROOT_DIRS:
             target = new + d
-            if os.path.islink(d) and d in ROOT_DIRS:
+            if not os.path.lexists(d):
+                continue
+            if os.path.islink(d):
                 os.symlink(os.readlink(d), target)
                 continue
-            if os.path.lexists(target):
-                continue  # already inside a bound directory
             os.makedirs(target, 0o755, exist_ok=True)
             _mount(d, target, None, MS_BIND | MS_REC)
             _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        _bind_python_dirs(python_fds, prefix=new)
         os.makedirs(new + "/dev/shm", 0o755)
         for node in DEV_NODES:
             open(f"{new}/dev/{node}", "w").close()
@@ -205,7 +235,7 @@ def _pivot_to_minimal_root() -> None:
                            ("stderr", "/proc/self/fd/2")):
             os.symlink(link, f"{new}/dev/{name}")
         for d in ("proc", "tmp", "var/tmp"):
-            os.makedirs(f"{new}/{d}", 0o755)
+            os.makedirs(f"{new}/{d}", 0o755, exist_ok=True)  # tmp exists when a venv lives under it
         os.chdir(new)
         if _libc.syscall(nr, b".", b".") != 0:
             e = ctypes.get_errno()
@@ -227,8 +257,7 @@ def _expose_interpreter() -> None:
     what the server had preloaded. Inside our mount namespace a tmpfs (0755) goes over the closed
     ancestor and only the installation is bound back in: root's home stays hidden.
     """
-    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-    needed.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    needed = _python_dirs()
     by_blocker: dict[str, list[str]] = {}
     for path in sorted(needed):
         parts = path.strip("/").split("/")
@@ -335,8 +364,10 @@ class Server:
                 if entry.path == self.workroot:
                     continue
                 try:
-                    if not self.private_tmp and entry.stat(follow_symlinks=False).st_uid != self.uid:
-                        continue  # on the host only what this server's uid owns is ours
+                    if (self.drop or not self.private_tmp) and entry.stat(follow_symlinks=False).st_uid != self.uid:
+                        # A run writes only as its own uid; anything else is the server's (e.g. the
+                        # read-only bind of a venv that lives under /tmp) or, on the host, not ours.
+                        continue
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path, ignore_errors=True)
                     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -173,7 +174,13 @@ def assert_clean(sb: Sandbox) -> None:
             continue
         inner = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
         tmp = Path(f"/proc/{inner[0]}/root/tmp")
-        assert [p.name for p in tmp.iterdir()] == [Path(server.workroot).name]
+        # Besides the work root, only the read-only bind of an interpreter/venv living under /tmp.
+        python_in_tmp = {
+            Path(d).resolve().relative_to("/tmp").parts[0]
+            for d in (sys.prefix, sys.base_prefix)
+            if Path(d).resolve().is_relative_to("/tmp")
+        }
+        assert sorted(p.name for p in tmp.iterdir()) == sorted({Path(server.workroot).name} | python_in_tmp)
         assert list((tmp / Path(server.workroot).name).iterdir()) == []
 
 
