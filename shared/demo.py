@@ -391,11 +391,9 @@ class Demo:
         reg2 = retrain.events.get("adapter.registered")
         if reg2 is None:
             return None
-        if self._decision(reg2.version) is not None:
-            return "the retrained adapter's A/B test is decided"
-        if now - self._registered_at.get(reg2.version, now) > AB_PATIENCE_S:
-            return f"the A/B test of v{reg2.version} is still open after {AB_PATIENCE_S:.0f}s of traffic: leaving it running"
-        return None
+        # More simulated traffic would only refill the pool and trigger retrain after retrain.
+        return (f"the retrained v{reg2.version} is registered and its A/B test against the active version "
+                "is left running for real traffic: the demo stops here")
 
     def on_event(self, event: Any, first_request: str, nc: Any, js: Any, settings: Any,
                  stop_traffic: asyncio.Event, traffic: asyncio.Task | None) -> asyncio.Task | None:
@@ -443,6 +441,8 @@ class Demo:
             self.say(f"[bold]A/B test[/bold] v{event.candidate_version} vs "
                      f"{'v' + str(event.active_version) if event.active_version else 'the base model'} "
                      f"({event.traffic:.0%} of traffic to the candidate)")
+            if self._retrain_run() is not None:
+                return traffic  # the story ends at the retrain's registration (see finished())
             rates = self._measured_rates()
             self.say(f"[bold cyan]{_sim_label()}[/bold cyan]: success drawn from each arm's measured pass@1 "
                      f"({', '.join(f'v{v}={p:.2f}' for v, p in sorted(rates.items()))})")

@@ -16,23 +16,18 @@ handlers, not luck.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import json
 import time
 from pathlib import Path
 
 import nats
 import pytest
-from nats.js import api
 
 from lorafleet.shared.bus import SERVICES, ensure_stream, publish_event
 from lorafleet.shared.events import STREAM, TrainRequested
-from lorafleet.shared.nats_server import start_cluster
 from lorafleet.shared.settings import Settings
 
-from conftest import tiny_pipeline_config
-from fleet import Fleet
+from e2e_support import Fleet, count_in_stream as _count, tiny_pipeline_config, unique_in_stream as _unique_in_stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -51,32 +46,9 @@ def _cluster_helpers():
     return module
 
 
-async def _count(js, event_type: str) -> int:
-    """Messages of one type in the stream; -1 while no leader answers."""
-    with contextlib.suppress(Exception):
-        info = await js.stream_info(STREAM, subjects_filter=f"lorafleet.v1.{event_type}")
-        return sum((info.state.subjects or {}).values())
-    return -1
-
-
-async def _unique_in_stream(js, event_type: str) -> list[dict]:
-    """Messages of one type in the stream (what a consumer would see), not core-NATS publishes."""
-    total = await _count(js, event_type)
-    out: list[dict] = []
-    if total > 0:
-        sub = await js.subscribe(f"lorafleet.v1.{event_type}", ordered_consumer=True,
-                                 config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL))
-        try:
-            while len(out) < total:
-                out.append(json.loads((await sub.next_msg(timeout=5)).data))
-        finally:
-            await sub.unsubscribe()
-    return out
-
-
 async def test_killing_each_service_and_the_stream_leader_mid_run_loses_and_duplicates_nothing(tmp_path):
     assert set(INPUT_OF) == set(SERVICES)
-    servers = start_cluster(tmp_path / "cluster", size=3)
+    servers = _cluster_helpers().start_cluster_retrying(tmp_path / "cluster", size=3)
     urls = [s.url for s in servers]
     fleet = Fleet(",".join(urls), tmp_path / "data", env={
         "LORAFLEET_STREAM_REPLICAS": "3", "LORAFLEET_ACK_WAIT_S": "5", "LORAFLEET_MAX_DELIVER": "10",

@@ -18,8 +18,7 @@ from lorafleet.shared.config import parse_config
 from lorafleet.shared.events import STREAM, AdapterTrained, TrainRequested
 from lorafleet.shared.settings import Settings
 
-from conftest import tiny_pipeline_config
-from test_pipeline_kill import _unique_in_stream
+from e2e_support import tiny_pipeline_config, unique_in_stream as _unique_in_stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

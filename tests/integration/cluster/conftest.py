@@ -8,7 +8,18 @@ import time
 import nats
 import pytest
 
-from lorafleet.shared.nats_server import start_cluster
+from lorafleet.shared.nats_server import NatsServerError, start_cluster
+
+
+def start_cluster_retrying(base_dir, size: int = 3, attempts: int = 3):
+    """start_cluster picks free ports, then binds them: on a busy machine another process can
+    take one in between ("address already in use"). Try again with fresh ports then."""
+    for attempt in range(attempts):
+        try:
+            return start_cluster(base_dir / f"try{attempt}", size=size)
+        except NatsServerError as exc:
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 async def wait_jetstream_ready(urls: list[str], timeout: float = 30.0) -> None:
@@ -33,7 +44,7 @@ async def wait_jetstream_ready(urls: list[str], timeout: float = 30.0) -> None:
 
 @pytest.fixture
 async def cluster(tmp_path):
-    servers = start_cluster(tmp_path / "cluster", size=3)
+    servers = start_cluster_retrying(tmp_path / "cluster", size=3)
     try:
         await wait_jetstream_ready([s.url for s in servers])
         yield servers

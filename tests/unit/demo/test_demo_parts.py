@@ -123,7 +123,7 @@ def test_the_demo_stops_when_the_first_adapter_is_rejected():
     assert "rejected" in demo.finished("r")
 
 
-def test_the_demo_waits_for_the_retrain_and_its_decision():
+def test_the_demo_waits_for_the_retrain_to_be_registered():
     from lorafleet.shared.events import AdapterPromoted, AdapterRegistered
 
     demo = _demo()
@@ -131,8 +131,8 @@ def test_the_demo_waits_for_the_retrain_and_its_decision():
           AdapterPromoted(request_id="r", adapter_name="a", version=1, previous_version=None, reason="significant"))
     assert demo.finished("r") is None  # promoted; the retrain has not been requested yet
     retrain = TrainRequested(request_id="r2", adapter_name="a", config={}, config_sha256="x", reason="retrain")
-    _feed(demo, retrain, AdapterRegistered(request_id="r2", adapter_name="a", version=2, lora_int_id=2, status="candidate"))
-    assert demo.finished("r") is None  # v2 is in its A/B test
-    _feed(demo, AdapterPromoted(request_id="r2", adapter_name="a", version=2, previous_version=1, reason="significant"))
-    assert "decided" in demo.finished("r")
+    _feed(demo, retrain)
+    assert demo.finished("r") is None  # the retrain is running
+    _feed(demo, AdapterRegistered(request_id="r2", adapter_name="a", version=2, lora_int_id=2, status="candidate"))
+    assert "v2 is registered" in demo.finished("r")
     assert [demo.runs[r].reason for r in demo.order] == ["manual", "retrain"]
