@@ -13,7 +13,7 @@ SYSTEM_PROMPT = (
 )
 
 # A closing fence sits at the start of a line; an unclosed block runs to the end.
-_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
+_FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*$")
 
 
 def render_user(statement: str, starter_code: str | None = None) -> str:
@@ -54,8 +54,35 @@ def extract_code(text: str) -> str | None:
     """
     if text is None:
         return None
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
+    blocks = _fenced_blocks(text)
     python = [body for lang, body in blocks if lang in ("python", "py", "python3")]
     chosen = python[-1] if python else (blocks[-1][1] if blocks else text.replace("```", ""))
     chosen = chosen.strip("\n")
     return chosen if chosen.strip() else None
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block, reading fence lines in order.
+
+    A fence line that names a language while a block is open starts a new block: the open one was
+    a stray fence (seen in model-written reasoning), and pairing fences blindly would swallow the
+    real ```python block into it.
+    """
+    blocks: list[tuple[str, str]] = []
+    open_lang: str | None = None
+    body: list[str] = []
+    for line in text.splitlines():
+        fence = _FENCE_LINE.match(line)
+        if fence is None:
+            if open_lang is not None:
+                body.append(line)
+            continue
+        lang = fence.group(1).lower()
+        if open_lang is None or lang:
+            open_lang, body = lang, []
+        else:
+            blocks.append((open_lang, "\n".join(body)))
+            open_lang = None
+    if open_lang is not None:  # cut off at max tokens: the block runs to the end
+        blocks.append((open_lang, "\n".join(body)))
+    return blocks

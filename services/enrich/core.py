@@ -33,7 +33,10 @@ FALLBACK_REASONING = "Let me think through the problem step by step, then write 
 SYSTEM_PROMPT = "You are an expert competitive programmer who explains solutions clearly and concisely."
 
 Outcome = Literal["generated", "cached", "passthrough", "rejected", "failed"]
-RejectReason = Literal["empty", "truncated", "contains_code"]
+RejectReason = Literal["empty", "truncated", "contains_code", "code_fence"]
+# The trainer renders reasoning right before the answer's ```python block: an unmatched fence in
+# the reasoning breaks that format (and taught the demo's adapter to emit stray fences).
+_FENCE_LINE = re.compile(r"^[ \t]*```", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ def check_trace(text: str, finish_reason: str | None, code: str) -> RejectReason
         return "truncated"
     if pastes_code(text, code):
         return "contains_code"
+    if len(_FENCE_LINE.findall(text)) % 2:
+        return "code_fence"
     return None
 
 

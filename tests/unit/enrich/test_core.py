@@ -110,3 +110,10 @@ def test_prompt_template_is_checked_when_the_config_loads():
     for bad in ("uses {foo}", "no placeholder at all", "unbalanced { brace {statement}"):
         with pytest.raises(ValueError, match="enrich.prompt"):
             EnrichSection(prompt=bad)
+
+
+def test_a_trace_with_a_code_fence_is_rejected():
+    # The trainer puts reasoning right before the ```python block; an unmatched fence breaks the format.
+    trace = "Read the number.\n```\nthen double it"
+    assert core.check_trace(trace, "stop", "print(int(input()) * 2)") == "code_fence"
+    assert core.check_trace("Read the number, then double it.", "stop", "print(int(input()) * 2)") is None

@@ -49,3 +49,14 @@ def test_round_trip_of_rendered_answer():
     code = "a = list(map(int, input().split()))\nprint(sum(a) + 3)"
     answer = render_messages("s", reasoning="Sum then add.", code=code)[2]["content"]
     assert extract_code(answer) == code
+
+
+def test_extract_survives_a_stray_fence_in_the_reasoning():
+    # Seen from the tiny model: reasoning with an unmatched ``` before the real answer block.
+    text = "Read n.\n```\nthen print it\n```python\nn = int(input())\nprint(n * 2)\n```\n"
+    assert extract_code(text) == "n = int(input())\nprint(n * 2)"
+
+
+def test_extract_ignores_fences_inside_a_line():
+    text = "use ``` marks like this ``` in prose\n```python\nprint(1)\n```"
+    assert extract_code(text) == "print(1)"
