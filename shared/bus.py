@@ -59,6 +59,7 @@ SERVICE_STAGE = {"ingest": "ingest", "enrich": "enrich", "trainer": "training",
 DLQ_ORIGINAL_MAX = 256 * 1024
 
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
 Handler = Callable[[Any, "Context"], Awaitable["Event | Iterable[Event] | None"]]
 
 
@@ -132,6 +133,28 @@ def stream_config(settings: Settings) -> api.StreamConfig:
     )
 
 
+async def while_leaderless(call: Callable[[], Awaitable[T]], what: str, budget_s: float = 30.0) -> T:
+    """Run a JetStream API call, retrying while the cluster has no leader to answer it.
+
+    During a leader election (a node restarting, a fresh 3-node cluster placing a stream) API calls
+    time out or answer 503; a service starting then should wait, not exit.
+    """
+    from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+    from nats.js.errors import ServiceUnavailableError
+
+    deadline = asyncio.get_running_loop().time() + budget_s
+    delay = 0.25
+    while True:
+        try:
+            return await call()
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.warning("%s: JetStream not answering (%s), retrying in %.2fs", what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
     """Create the event stream (and the stream that keeps max-delivery advisories), or update it."""
     for config in (
@@ -142,11 +165,11 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         ),
     ):
         try:
-            await js.add_stream(config)
+            await while_leaderless(lambda: js.add_stream(config), f"create stream {config.name}")
         except BadRequestError as exc:
             if "already in use" not in (exc.description or ""):
                 raise
-            await js.update_stream(config)
+            await while_leaderless(lambda: js.update_stream(config), f"update stream {config.name}")
 
 
 async def ensure_infrastructure(settings: Settings) -> None:
@@ -398,7 +421,9 @@ class Runner:
         if service.handlers:
             # Create or update (new handler subjects, new max_deliver): the server keeps a consumer's
             # first config otherwise. Every replica does the same, which is idempotent.
-            await js.add_consumer(STREAM, config=service.consumer_config(settings))
+            await while_leaderless(
+                lambda: js.add_consumer(STREAM, config=service.consumer_config(settings)), f"consumer {service.name}"
+            )
         deps = service.bootstrap(settings) if service.bootstrap else None
         if inspect.isawaitable(deps):
             deps = await deps
