@@ -111,31 +111,22 @@ class TrainRequested(Event):
     extra_sources: list[SourceSpec] = Field(default_factory=list, description="e.g. the production pool on retrain")
 
 
-class DatasetStats(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    problems: int = 0
-    solutions: int = 0
-    verified: int = 0
-    train: int = 0
-    eval: int = 0
+class _DatasetEvent(Event):
+    """A dataset artifact on its way to the trainer, with the config that asked for it."""
+
+    adapter_name: str
+    dataset: ArtifactRef
+    stats: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any]
+    config_sha256: str
 
 
-class DatasetReady(Event):
+class DatasetReady(_DatasetEvent):
     event_type: ClassVar[str] = "dataset.ready"
-    adapter_name: str
-    dataset: ArtifactRef
-    stats: dict[str, Any] = Field(default_factory=dict)
-    config: dict[str, Any]
-    config_sha256: str
 
 
-class DatasetEnriched(Event):
+class DatasetEnriched(_DatasetEvent):
     event_type: ClassVar[str] = "dataset.enriched"
-    adapter_name: str
-    dataset: ArtifactRef
-    stats: dict[str, Any] = Field(default_factory=dict)
-    config: dict[str, Any]
-    config_sha256: str
 
 
 class TrainingProgress(Event):

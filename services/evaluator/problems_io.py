@@ -3,13 +3,12 @@ LiveCodeBench, ...) through ingest's loaders, and sample files for `eval score`.
 
 from __future__ import annotations
 
-import gzip
-import json
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.jsonl import iter_json_objects
 from lorafleet.shared.problems import Problem
 
 
@@ -57,19 +56,11 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise LorafleetError(f"samples file {path} not found: pass JSONL lines of {{\"problem_id\", \"completion\"}}")
-    opener = gzip.open if path.name.endswith(".gz") else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LorafleetError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("problem_id"), str) or not isinstance(row.get("completion"), str):
-                raise LorafleetError(f"{path}:{lineno}: each line needs string fields \"problem_id\" and \"completion\"")
-            rows.append(row)
+    for lineno, row in iter_json_objects(path):
+        if not isinstance(row.get("problem_id"), str) or not isinstance(row.get("completion"), str):
+            raise LorafleetError(f"{path}:{lineno}: each line needs string fields \"problem_id\" and \"completion\"")
+        rows.append(row)
     if not rows:
         raise LorafleetError(f"{path}: no samples")
     return rows

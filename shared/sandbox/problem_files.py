@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ValidationError
 
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.jsonl import iter_json_objects
 from lorafleet.shared.problems import Limits, Problem, TestCase
 
 Source = Literal["humaneval", "lorafleet"]
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.is_file():
-        raise LorafleetError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LorafleetError(f"{path}:{n}: not JSON ({e.msg}); expected one JSON object per line") from e
-            if not isinstance(obj, dict):
-                raise LorafleetError(f"{path}:{n}: expected a JSON object per line")
-            yield n, obj
+_lines = iter_json_objects
 
 
 def humaneval_problem(rec: dict) -> Problem:
