@@ -20,3 +20,17 @@ def nats_server(tmp_path):
 @pytest.fixture
 def nats_url(nats_server) -> str:
     return nats_server.url
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Code under test (the CLI's --nats-url, the demo's settings) may set os.environ in-process;
+    no test may leak that into the next one (or into the subprocesses later tests start)."""
+    import os
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

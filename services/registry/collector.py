@@ -213,13 +213,20 @@ class Collector:
         The snapshot is every pool entry up to its newest revision, so that revision is an exact
         watermark: the retrain decision, the artifact and the next period's "new entries" all
         come from this one read."""
-        watcher = await self.kv.watch(f"pool.{adapter_name}.>", ignore_deletes=True)
         lines = new = newest = 0
+        if await self._count(f"pool.{check_name(adapter_name)}.>") == 0:
+            dest.write_text("")
+            return PoolSnapshot(lines=0, new=0, newest_seq=after_seq)
+        watcher = await self.kv.watch(f"pool.{adapter_name}.>", ignore_deletes=True)
         try:
             with open(dest, "w") as fh:
-                async for entry in watcher:
+                while True:
+                    # nats-py's "initial values done" marker (None) races its own delivery and can come
+                    # before the entries (seen under load: a snapshot of 0 entries), so the end is the
+                    # entry the server says has nothing pending after it.
+                    entry = await watcher.updates(timeout=30)
                     if entry is None:
-                        break
+                        continue
                     fh.write(entry.value.decode().strip() + "\n")
                     lines += 1
                     new += entry.revision > after_seq
