@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from lorafleet.shared.bus import ensure_stream, publish_event
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.events import STREAM, AdapterTrained
 from lorafleet.shared.nats_server import NatsServer
+from lorafleet.shared.processes import stop_groups
 from lorafleet.shared.settings import Settings
 
 
@@ -55,15 +55,7 @@ def spawn(url: str, data_dir: Path, log: Path) -> subprocess.Popen:
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    stop_groups(procs, timeout=20)
 
 
 async def one_run(replicas: int, root: Path, base: Path, adapter: Path, problems_path: Path, n_problems: int,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.processes import stop_groups
 
 log = logging.getLogger("lorafleet.demo")
 
@@ -169,21 +170,8 @@ class ModelServer:
         raise LorafleetError(f"the model server did not answer on port {self.port} within {timeout:.0f}s: see {self.log_path}")
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_groups([self.proc])
         self.proc = None
-
-
-def _stop_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _supervisor(settings: Any, log_path: Path):

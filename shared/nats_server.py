@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafleet.shared.processes import stop_groups
+
 
 class NatsServerError(RuntimeError):
     pass
@@ -121,16 +123,7 @@ class NatsServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_groups([proc], timeout)
 
     def kill(self) -> None:
         """SIGKILL, for fault tests."""

@@ -29,6 +29,15 @@ def text(value: Any, field: str, required: bool = True) -> str | None:
         if required:
             raise Malformed(f"missing:{field}")
         return None
+    value = _as_str(value, field)
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    if required and not value.strip():
+        raise Malformed(f"missing:{field}")
+    return value
+
+
+def _as_str(value: Any, field: str) -> str:
+    """Bytes decoded as UTF-8; anything that isn't text is malformed."""
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
@@ -36,9 +45,6 @@ def text(value: Any, field: str, required: bool = True) -> str | None:
             raise Malformed("non_utf8", field) from None
     if not isinstance(value, str):
         raise Malformed(f"bad_type:{field}", type(value).__name__)
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    if required and not value.strip():
-        raise Malformed(f"missing:{field}")
     return value
 
 
@@ -48,13 +54,7 @@ def json_field(value: Any, field: str, default: Any = None) -> Any:
         return default
     if isinstance(value, (dict, list)):
         return value
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Malformed("non_utf8", field) from None
-    if not isinstance(value, str):
-        raise Malformed(f"bad_type:{field}", type(value).__name__)
+    value = _as_str(value, field)
     try:
         return json.loads(value)
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -5,7 +5,6 @@ adapter.evaluated with the gate and a report artifact."""
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from lorafleet.shared.artifacts import open_store
 from lorafleet.shared.bus import ensure_stream
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.events import STREAM, AdapterEvaluated, AdapterTrained, EvalShardDone, parse_event
+from lorafleet.shared.processes import stop_groups
 from lorafleet.shared.settings import Settings
 
 
@@ -94,15 +94,7 @@ async def test_two_replicas_share_one_evaluation(nats_url, tiny_pair, heldout_pr
         await asyncio.sleep(1.5)  # anything a second aggregator would have published lands by now
         events = await stream_events(js)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(procs, timeout=20)
         for f in logs:
             f.close()
 
