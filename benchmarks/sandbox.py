@@ -9,8 +9,12 @@ servers in pid/net/mount namespaces, uid drop, rlimits) and the naive baseline
 Every output is checked, so a fast wrong answer can't count. Ratios are against the baseline at the
 same worker count: the machine may be shared, absolute figures are noisy, ratios less so. CPU ms/program
 (harness + servers + their children, from the kernel's accounting) is the figure least moved by load.
-Two floor rows bound any fork-per-run design: an interpreter holding only the server's preloaded modules
-forking one child per program (bare: the child exits at once; run: it runs the program on pipes).
+Two floor rows bound any fork-per-run design: an interpreter holding only the lean image's modules
+(the image a trivial program runs on) forking one child per program (bare: the child exits at once;
+run: it runs the program on pipes), with no isolation and no harness.
+
+Engines: the C engine (zygote.c, the default where it builds) and the Python engine (_server.py), both at
+full isolation, in the same run. Servers are pinned one CPU each (the default; --no-pin to compare).
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ print(time.perf_counter() - t0, c1.user + c1.system + c1.children_user + c1.chil
 
 def floor(n: int, mode: str) -> tuple[float, float]:
     """(seconds, CPU seconds) for n programs at the fork floor."""
-    modules = ["ctypes", "socket", "select", "shutil", "resource", "fcntl", *_server.PRELOAD]
+    modules = list(_server.IMAGES["lean"])
     out = subprocess.run([sys.executable, "-I", "-c", FLOOR, str(n), mode, *modules], capture_output=True, text=True,
                          check=True).stdout.split()
     return float(out[0]), float(out[1])
@@ -184,46 +188,55 @@ def main() -> None:
     ap.add_argument("--baseline-trivial", type=int, default=None, help="for the naive baseline (default: same)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument("--quick", action="store_true", help="200 trivial programs (a smoke run)")
+    ap.add_argument("--engines", default="c,python", help="comma-separated sandbox engines to measure")
+    ap.add_argument("--no-pin", action="store_true", help="don't pin servers to CPUs")
     args = ap.parse_args()
     n = 200 if args.quick else args.trivial
     n_base = args.baseline_trivial or n
     workers = [int(w) for w in args.workers.split(",")]
     he = humaneval_jobs()
-    sb = Sandbox()
-    sb.warm(max(workers))
-    layers = sb.layers()
+    sandboxes = {engine: Sandbox(engine=engine, pin_cpus=not args.no_pin) for engine in args.engines.split(",")}
+    for sb in sandboxes.values():
+        sb.warm(max(workers))
+    layers = next(iter(sandboxes.values())).layers()
     missing = [x for x in ALL_LAYERS if x not in layers]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for w in workers:
             for workload, jobs, base_jobs, naive, ours in (
-                ("trivial stdin", trivial_jobs(n), trivial_jobs(n_base), naive_trivial(tmp), sandbox_trivial(sb)),
-                ("HumanEval canonical", he, he, naive_humaneval(tmp), sandbox_humaneval(sb)),
+                ("trivial stdin", trivial_jobs(n), trivial_jobs(n_base), naive_trivial(tmp), sandbox_trivial),
+                ("HumanEval canonical", he, he, naive_humaneval(tmp), sandbox_humaneval),
             ):
                 c0 = process_cpu()
                 base_s, base_lat = measure(naive, base_jobs, w)
                 base_cpu = (process_cpu() - c0) / len(base_jobs) * 1000
-                c0 = process_cpu() + servers_cpu(sb)
-                our_s, our_lat = measure(ours, jobs, w)
-                our_cpu = (process_cpu() + servers_cpu(sb) - c0) / len(jobs) * 1000
-                base_rate, our_rate = len(base_jobs) / base_s, len(jobs) / our_s
+                base_rate = len(base_jobs) / base_s
                 rows.append((workload, "naive subprocess", w, len(base_jobs), base_rate, base_lat, 1.0, base_cpu))
-                rows.append((workload, "sandbox (full isolation)", w, len(jobs), our_rate, our_lat, our_rate / base_rate,
-                             our_cpu))
+                for engine, sb in sandboxes.items():
+                    c0 = process_cpu() + servers_cpu(sb)
+                    our_s, our_lat = measure(ours(sb), jobs, w)
+                    our_cpu = (process_cpu() + servers_cpu(sb) - c0) / len(jobs) * 1000
+                    our_rate = len(jobs) / our_s
+                    rows.append((workload, f"sandbox, {engine} engine", w, len(jobs), our_rate, our_lat,
+                                 our_rate / base_rate, our_cpu))
+                    print(f"  measured {workload} at {w} worker(s): naive {base_rate:.0f}/s, {engine} engine "
+                          f"{our_rate:.0f}/s", file=sys.stderr, flush=True)
                 if workload == "trivial stdin" and w == 1:
-                    for mode, label in (("bare", "floor: bare fork+exit, no work"), ("run", "floor: fork+run, no isolation")):
+                    for mode, label in (("bare", "floor: lean image, fork+exit"), ("run", "floor: lean image, fork+run, no isolation")):
                         floor_s, floor_cpu = floor(n, mode)
                         rows.append((workload, label, 1, n, n / floor_s, None, n / floor_s / base_rate,
                                      floor_cpu / n * 1000))
-                print(f"  measured {workload} at {w} worker(s): naive {base_rate:.0f}/s, sandbox {our_rate:.0f}/s",
-                      file=sys.stderr, flush=True)
-    sb.close()
+    engines = {engine: sorted({s.engine for s in sb.servers()}) for engine, sb in sandboxes.items()}
+    for sb in sandboxes.values():
+        sb.close()
 
     def pct(lat, q):
         return statistics.quantiles(lat, n=100, method="inclusive")[q - 1]
 
     print(f"\nisolation: {', '.join(layers)}" + (f"  (missing: {', '.join(missing)})" if missing else "  (all layers)"))
+    print(f"engines (asked: ran): {engines}; servers pinned to CPUs: {not args.no_pin}; "
+          f"load average at the end: {os.getloadavg()[0]:.2f}")
     print("| workload | system | workers | programs | programs/s | p50 ms | p99 ms | vs naive | CPU ms/program |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for workload, system, w, count, rate, lat, ratio, cpu in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -9,6 +10,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def default_cache_dir() -> Path:
+    """Built things that outlive a run (tiny models, the sandbox's C engine): $LORAFLEET_CACHE_DIR."""
+    return Path(os.environ.get("LORAFLEET_CACHE_DIR") or Path.home() / ".cache" / "lorafleet")
 
 
 class Settings(BaseSettings):

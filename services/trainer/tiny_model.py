@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lorafleet.shared.prompts import SYSTEM_PROMPT, render_messages
 from lorafleet.shared import synthetic
+from lorafleet.shared.settings import default_cache_dir  # noqa: F401 - also imported from here by tests
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,6 @@ def configure_cpu_threads(share: float = 0.5) -> int:
     threads = int(os.environ.get("LORAFLEET_TORCH_THREADS") or max(1, int((os.cpu_count() or 2) * share)))
     torch.set_num_threads(threads)
     return threads
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LORAFLEET_CACHE_DIR") or Path.home() / ".cache" / "lorafleet")
 
 
 def _chat_text(messages: list[dict[str, str]]) -> str:

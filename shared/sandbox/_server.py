@@ -35,6 +35,12 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's directory out
+import _runner  # noqa: E402
+import _wire  # noqa: E402
+
+del sys.path[0]
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -47,10 +53,14 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 UID_BASE = 1_000_000
 SETUP_FD = 3
 PIPE_CHUNK = 65536
-MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+MIN_PATH = _runner.MIN_PATH
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
-# Imported once here so that a child finds them warm (typical of contest and HumanEval code).
+# Two server images. Every fork copies the page tables of the whole interpreter and every child pays
+# copy-on-write faults on what it touches, so a bigger image costs every run (a fork of the full image
+# costs about twice a lean one). The harness sends a program to the lean image when everything it
+# imports is already there (e.g. plain stdin/stdout programs), else to the full one.
+# Full: imported once so that a child finds them warm (typical of contest and HumanEval code).
 # Not threading (or queue, which imports it) nor random (or statistics): their at-fork hooks run in
 # every child; threading's alone doubles the cost of a fork. A program that needs them imports them.
 PRELOAD = (
@@ -59,6 +69,7 @@ PRELOAD = (
     "string", "traceback", "types", "typing", "atexit", "builtins", "cmath",
     "textwrap", "unicodedata", "numbers", "contextlib", "abc", "struct", "time", "pprint",
 )
+IMAGES = {"lean": ("types", "atexit"), "full": PRELOAD}  # lean: what _runner needs to run any program
 
 # ---------------------------------------------------------------- framing (also used by the harness)
 
@@ -306,19 +317,10 @@ class Server:
     # -------------------------------------------------------------- one run
 
     def prepare_children(self) -> None:
-        """Everything every child would set up the same way is done once, here, before the first fork.
-
-        One run at a time, so the working directory path is the same for every run (it is removed and
-        made anew each time); environment, argv, sys.path and the stdio objects are ready-made.
-        """
         self.workdir = os.path.join(self.workroot, "run")
-        os.environ.clear()
-        os.environ.update(PATH=MIN_PATH, HOME=self.workdir, TMPDIR=self.workdir, LANG="C.UTF-8")
-        sys.argv = [os.path.join(self.workdir, "solution.py")]
-        sys.path.insert(0, self.workdir)
-        _fresh_stdio()  # on fds 0-2 (/dev/null here); a child dup2s its pipes under them
+        _runner.prepare_children(self.workdir)
 
-    def execute(self, req: dict, code: bytes, stdin: bytes) -> tuple[dict, tuple[bytes, bytes]]:
+    def execute(self, limits: dict, code: bytes, stdin: bytes, payload: bytes) -> tuple[dict, tuple[bytes, bytes]]:
         self.counter += 1
         child, self.next_child = self.next_child or self._spawn(), None
         workdir = self.workdir
@@ -341,7 +343,7 @@ class Server:
             except BaseException:
                 _discard(child)
                 raise
-            return self._watch(child, req, code, stdin)
+            return self._watch(child, limits, code, stdin, payload)
         finally:
             self._remove_workdir(workdir)
             self._clean_shared_tmp()
@@ -403,12 +405,10 @@ class Server:
             os.close(fd)
         return pid, w0, r1, r2, rs, wq
 
-    def _watch(self, child: tuple[int, int, int, int, int, int], req: dict, code: bytes, stdin: bytes):
+    def _watch(self, child: tuple[int, int, int, int, int, int], lim: dict, code: bytes, stdin: bytes, payload: bytes):
         pid, w0, r1, r2, rs, wq = child
-        lim = req["limits"]
-        raw = json.dumps(req).encode()
         try:  # blocking: the child is already reading, a large program just takes several pipe-fulls
-            os.write(wq, b"".join((_LEN.pack(len(raw)), raw, code)))
+            os.write(wq, _wire.pack_request(lim, code, b"", payload))
         except OSError:
             pass  # the child is gone: its exit status and empty setup report say so below
         os.close(wq)
@@ -561,19 +561,23 @@ class Server:
 
     def serve(self) -> None:
         send_msg(self.sock, {"layers": self.layers, "uid": self.uid, "workroot": self.workroot,
-                             "outer_pid": self.outer, "pidns": self.pidns})
+                             "outer_pid": self.outer, "pidns": self.pidns, "engine": "python",
+                             "modules": sorted(sys.modules)})
         while True:
-            msg = recv_msg(self.sock)
-            if msg is None:
+            raw = _recv_exact(self.sock, _wire.REQUEST.size)
+            if raw is None:
                 return
-            req, blobs = msg
+            limits, *sizes = _wire.unpack_request(raw)
+            blobs = [_recv_exact(self.sock, n) if n else b"" for n in sizes]
+            if None in blobs:
+                return
             try:
-                head, outs = self.execute(req, blobs[0], blobs[1])
+                head, outs = self.execute(limits, *blobs)
             except Exception as e:  # noqa: BLE001 - reported to the harness as sandbox_error
                 head, outs = {"error": f"{type(e).__name__}: {e}"}, (b"", b"")
-            send_msg(self.sock, head, outs)
+            self.sock.sendall(_wire.pack_response(head, *outs))
             # Nothing of this run may be reachable from the next child (it is a copy of this process).
-            del msg, req, blobs, head, outs
+            del raw, limits, blobs, head, outs
             self.prefork()
 
 
@@ -630,13 +634,11 @@ def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
     if not chunks:  # the server is going away without a run for us
         os._exit(0)
     data = b"".join(chunks)
-    n = _LEN.unpack_from(data)[0]
-    req = json.loads(data[_LEN.size:_LEN.size + n])
-    code = data[_LEN.size + n:]
+    lim, n_code, _, _ = _wire.unpack_request(data[:_wire.REQUEST.size])
+    code, payload = data[_wire.REQUEST.size:_wire.REQUEST.size + n_code], data[_wire.REQUEST.size + n_code:]
     del chunks, data
     try:
         os.chdir(server.workdir)
-        lim = req["limits"]
         cpu = max(1, int(-(-lim["cpu_s"] // 1)))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
@@ -651,12 +653,11 @@ def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
             os.setgroups([])
             os.setresgid(server.gid, server.gid, server.gid)
             os.setresuid(server.uid, server.uid, server.uid)
-        path = sys.argv[0]  # environment, argv, sys.path and stdio: see Server.prepare_children
-        os.write(SETUP_FD, b"ok")
+        os.write(SETUP_FD, b"ok")  # environment, argv, sys.path and stdio: see _runner.prepare_children
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001
         _setup_failed(e)
-    os._exit(_run_program(req, code.decode("utf-8", errors="replace"), path))
+    os._exit(_runner.run_program(payload, code.decode("utf-8", errors="replace")))
 
 
 def _setup_failed(e: BaseException) -> None:
@@ -678,113 +679,73 @@ def _count_own_processes() -> int:
     return n
 
 
-def _fresh_stdio() -> None:
-    import io
-
-    def stream(fd, mode, line_buffering, errors):
-        raw = io.FileIO(fd, mode, closefd=False)
-        buf = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
-        return io.TextIOWrapper(buf, encoding="utf-8", errors=errors, line_buffering=line_buffering)
-
-    sys.stdin = sys.__stdin__ = stream(0, "r", False, "strict")
-    sys.stdout = sys.__stdout__ = stream(1, "w", False, "strict")
-    sys.stderr = sys.__stderr__ = stream(2, "w", True, "backslashreplace")
+ZYGOTE_DIR = "/.lorafleet-zygote"
+ZYGOTE_FILES = ("_zygote.py", "_runner.py")
 
 
-def _run_program(req: dict, code: str, path: str) -> int:
-    import atexit
-    import builtins
-    import traceback
-    import types
-
-    test = req.get("test")
-    main = types.ModuleType("__main__" if test is None else "solution")
-    main.__file__ = path
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
-    g = main.__dict__
-    exit_code = 0
+def _read_zygote(so_path: str | None) -> dict[str, bytes] | None:
+    """The C engine's files, read while the host's tree is still visible (the minimal root hides it)."""
+    if not so_path:
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = {"_lorafleet_zygote.so": so_path, **{name: os.path.join(here, name) for name in ZYGOTE_FILES}}
     try:
-        exec(compile(code, path, "exec"), g)
-        if test is not None:
-            payload = _run_test(test, g)
-            sys.stdout.write("\n" + req["nonce"] + " " + payload + "\n")
-    except SystemExit as e:
-        exit_code = _exit_code(e)
-    except BaseException as e:  # noqa: BLE001 - the program's own error: print it like python does
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
-        exit_code = 1
-    try:
-        threading = sys.modules.get("threading")
-        if threading is not None:  # join non-daemon threads, like interpreter exit
-            threading._shutdown()  # type: ignore[attr-defined]
-        atexit._run_exitfuncs()
-    except SystemExit as e:
-        exit_code = _exit_code(e)
-    except BaseException:  # noqa: BLE001
-        traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
+        out = {}
+        for name, path in files.items():
+            with open(path, "rb") as f:
+                out[name] = f.read()
+        return out
+    except OSError:
+        return None
+
+
+def _exec_zygote(server: Server, files: dict[str, bytes], preload: tuple[str, ...]) -> None:
+    """Become the C engine: a fresh interpreter, still pid 1 of these namespaces, in this root.
+
+    Only at full isolation (the C engine knows one way to clean up after a run: kill(-1) as pid 1, and
+    one way to drop: the run's own uid); anything else stays on the Python engine.
+    """
+    os.mkdir(ZYGOTE_DIR, 0o755)  # root's, in the minimal root: readable by a run, not writable
+    for name, data in files.items():
+        fd = os.open(os.path.join(ZYGOTE_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001
-            exit_code = exit_code or 120
-    return exit_code
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    hello = json.dumps({"layers": server.layers, "uid": server.uid, "workroot": server.workroot,
+                        "outer_pid": server.outer, "pidns": server.pidns, "engine": "c"})
+    fd = server.sock.fileno()
+    os.set_inheritable(fd, True)
+    # LD_BIND_NOW: resolve every dynamic symbol now, once, instead of in each child (a lazy binding
+    # writes the GOT: a copy-on-write fault plus a symbol lookup per first call; ~7% of a trivial run).
+    env = dict(os.environ, LD_BIND_NOW="1")
+    os.execve(sys.executable, [sys.executable, "-I", os.path.join(ZYGOTE_DIR, "_zygote.py"), str(fd), str(server.uid),
+                               str(server.gid), os.path.join(server.workroot, "run"), server.workroot,
+                               ",".join(preload), hello], env)
 
 
-def _exit_code(e: SystemExit) -> int:
-    if e.code is None:
-        return 0
-    if isinstance(e.code, int):
-        return e.code & 0xFF
-    try:
-        print(e.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001
-        pass
-    return 1
-
-
-def _run_test(test: dict, g: dict) -> str:
-    if test["kind"] == "call":
-        name = test["fn_name"]
-        sol = g.get("Solution")
-        if isinstance(sol, type) and hasattr(sol, name):
-            fn = getattr(sol(), name)
-        elif callable(g.get(name)):
-            fn = g[name]
-        else:
-            raise NameError(f"function {name!r} is not defined by the program")
-        result = fn(*json.loads(test["args"]))
-        return json.dumps(result, default=_jsonable)
-    if test["kind"] == "assert":
-        exec(compile(test["script"], "test.py", "exec"), g)
-        entry = test.get("entry_point")
-        if entry:
-            if entry not in g:
-                raise NameError(f"name {entry!r} is not defined by the program")
-            g["check"](g[entry])
-        return "passed"
-    raise ValueError(f"unknown test kind {test['kind']!r}")
-
-
-def _jsonable(value):
-    if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", errors="replace")
-    if hasattr(value, "__iter__"):
-        return list(value)
-    return repr(value)
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
 def main(argv: list[str]) -> None:
+    """`_server.py FD [--zygote SO] [--image lean|full] [--cpu N] [--no-namespaces] [--no-drop]`"""
     fd = int(argv[0])
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
+    cpu = _option(argv, "--cpu")
+    if cpu is not None:  # the server and every child it forks stay on one CPU (see pool.Sandbox)
+        os.sched_setaffinity(0, {int(cpu)})
+    preload = IMAGES[_option(argv, "--image") or "full"]
+    zygote = _read_zygote(_option(argv, "--zygote"))
     server = Server(sock, namespaces="--no-namespaces" not in argv, drop="--no-drop" not in argv)
-    for name in PRELOAD:
+    full = server.pidns and server.drop and {"private_root", "private_tmp"} <= set(server.layers)
+    if zygote and full:
+        try:
+            _exec_zygote(server, zygote, preload)  # does not return
+        except OSError:
+            pass  # stay on the Python engine; the hello says which engine answers
+    for name in preload:
         try:
             __import__(name)
         except ImportError:

@@ -29,10 +29,12 @@ ANSWER = "the-answer-4242"
 IS_ROOT = os.geteuid() == 0  # without root the sandbox runs with fewer layers; the tests assert what is reported
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    sb = Sandbox()
+@pytest.fixture(scope="module", params=["c", "python"], ids=["c-engine", "python-engine"])
+def sandbox(request):
+    """Both engines (zygote.c, the default where it builds, and the portable _server.py) face every hostile."""
+    sb = Sandbox(engine=request.param)
     yield sb
+    assert {s.engine for s in sb.servers()} <= {request.param}
     sb.close()
 
 

@@ -1,0 +1,44 @@
+"""The C engine's interpreter: preload, freeze, then let zygote.c's serve() fork one child per run.
+
+_server.py execs `python -I /.lorafleet-zygote/_zygote.py FD UID GID WORKDIR WORKROOT PRELOAD HELLO` once
+the namespaces and the minimal root are in place (this directory is a root-owned copy inside that root).
+A fresh interpreter holds only what a child needs, so each fork copies less than a fork of the process
+that set everything up. serve() returns None when the harness leaves, and (code, payload) in a child.
+"""
+
+import os
+import sys
+
+
+def main(argv: list[str]) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _lorafleet_zygote
+    import _runner
+
+    del sys.path[0]
+    fd, uid, gid = int(argv[0]), int(argv[1]), int(argv[2])
+    workdir, workroot = argv[3], argv[4]
+    for name in filter(None, argv[5].split(",")):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    _runner.prepare_children(workdir)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keeps the children's copy-on-write pages shared
+    # The hello (_server.send_msg's framing) plus the modules a program finds already imported here:
+    # module names need no JSON escaping, and json itself may not be in this image.
+    modules = ", ".join(f'"{m}"' for m in sorted(sys.modules))
+    hello = (argv[6][:-1] + f', "modules": [{modules}]}}').encode()
+    os.write(fd, len(hello).to_bytes(4, "big") + hello)
+    got = _lorafleet_zygote.serve(fd, uid, gid, workdir, workroot)
+    if got is None:
+        return  # the harness closed the socket; the namespace ends with this process
+    code, payload = got
+    os._exit(_runner.run_program(payload, code.decode("utf-8", errors="replace")))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
