@@ -30,6 +30,7 @@ from lorafleet.shared.sandbox.zygote_build import engine_setting, zygote_library
 SERVER_PATH = Path(_server.__file__).resolve()
 SERVER_ENV = {"PATH": _server.MIN_PATH, "LANG": "C.UTF-8"}
 STARTUP_TIMEOUT_S = 60.0
+RECV_SIZE = 256 * 1024
 log = logging.getLogger(__name__)
 JudgeItem = tuple  # (code, tests) | (code, tests, limits) | (code, tests, limits, exact)
 
@@ -98,15 +99,26 @@ class ForkServer:
         self.sock.settimeout(limits.effective_wall_s + 30.0)
         try:
             self.sock.sendall(raw)
-            got = _server._recv_exact(self.sock, _wire.RESPONSE.size)
-            if got is None:
-                raise ServerDied("sandbox server exited during a run")
-            head, sizes = _wire.unpack_response(got)
-            setup, error, out, err = (_server._recv_exact(self.sock, n) if n else b"" for n in sizes)
+            data = b""
+            while len(data) < _wire.RESPONSE.size:  # usually one recv: header and outputs
+                more = self.sock.recv(RECV_SIZE)
+                if not more:
+                    raise ServerDied("sandbox server exited during a run")
+                data += more
+            head, sizes = _wire.unpack_response(data[:_wire.RESPONSE.size])
+            missing = _wire.RESPONSE.size + sum(sizes) - len(data)
+            if missing > 0:
+                rest = _server._recv_exact(self.sock, missing)
+                if rest is None:
+                    raise ServerDied("sandbox server exited during a run")
+                data += rest
         except OSError as e:
             raise ServerDied(f"sandbox server failed: {e}") from e
-        if None in (setup, error, out, err):
-            raise ServerDied("sandbox server exited during a run")
+        view, texts = memoryview(data)[_wire.RESPONSE.size:], []
+        for n in sizes:
+            texts.append(bytes(view[:n]))
+            view = view[n:]
+        setup, error, out, err = texts
         return _wire.finish_head(head, setup, error), out, err
 
     def close(self) -> None:
