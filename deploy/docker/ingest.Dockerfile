@@ -15,6 +15,13 @@ COPY services ./services
 RUN pip install --no-cache-dir "./[ingest]" \
     && useradd --create-home --uid 10001 lorafleet \
     && mkdir -p /var/lib/lorafleet && chown lorafleet /var/lib/lorafleet
+# The sandbox's C engine, compiled here so the image needs no compiler (used at full isolation, i.e.
+# when the container may create namespaces; otherwise the Python engine runs with fewer layers).
+ENV LORAFLEET_CACHE_DIR=/opt/lorafleet/cache
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && LORAFLEET_SANDBOX_ENGINE=c python -c "from lorafleet.shared.sandbox.zygote_build import zygote_library; print(zygote_library())" \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && chown -R lorafleet /opt/lorafleet/cache
 
 USER 10001
 WORKDIR /var/lib/lorafleet

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lorafleet.shared.errors import LorafleetError
@@ -307,8 +306,27 @@ class Sandbox:
 
         if workers == 1:
             return [one(it) for it in items]
-        with ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
-            return list(pool.map(one, items))
+        # Long-lived threads pulling indices from one shared iterator (next() on a range iterator is atomic
+        # under the GIL): a future per item costs the harness about as much CPU as a short run's own work.
+        results: list[Judgement | None] = [None] * len(items)
+        shared = iter(range(len(items)))
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                for i in shared:
+                    results[i] = one(items[i])
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, name=f"sandbox-{k}", daemon=True) for k in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results  # type: ignore[return-value]
 
     async def ajudge_many(self, items: Iterable[JudgeItem], limits: RunLimits | None = None,
                           workers: int | None = None, exact: bool = False, fail_fast: bool = True) -> list[Judgement]:
