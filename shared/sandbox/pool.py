@@ -14,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.problems import TestCase
@@ -31,6 +32,8 @@ SERVER_ENV = {"PATH": _server.MIN_PATH, "LANG": "C.UTF-8"}
 STARTUP_TIMEOUT_S = 60.0
 RECV_SIZE = 256 * 1024
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 JudgeItem = tuple  # (code, tests) | (code, tests, limits) | (code, tests, limits, exact)
 
 
@@ -304,29 +307,7 @@ class Sandbox:
             ex = rest[1] if len(rest) > 1 else exact
             return self.judge(code, tests, lim, ex, fail_fast)
 
-        if workers == 1:
-            return [one(it) for it in items]
-        # Long-lived threads pulling indices from one shared iterator (next() on a range iterator is atomic
-        # under the GIL): a future per item costs the harness about as much CPU as a short run's own work.
-        results: list[Judgement | None] = [None] * len(items)
-        shared = iter(range(len(items)))
-        errors: list[BaseException] = []
-
-        def worker() -> None:
-            try:
-                for i in shared:
-                    results[i] = one(items[i])
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(e)
-
-        threads = [threading.Thread(target=worker, name=f"sandbox-{k}", daemon=True) for k in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results  # type: ignore[return-value]
+        return map_in_threads(one, items, workers)
 
     async def ajudge_many(self, items: Iterable[JudgeItem], limits: RunLimits | None = None,
                           workers: int | None = None, exact: bool = False, fail_fast: bool = True) -> list[Judgement]:
@@ -338,6 +319,36 @@ class Sandbox:
     async def ajudge(self, code: str, tests: Sequence[TestCase], limits: RunLimits | None = None,
                      exact: bool = False) -> Judgement:
         return await asyncio.to_thread(self.judge, code, tests, limits, exact)
+
+
+def map_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """fn over items on `workers` long-lived threads; results in input order, the first error re-raised.
+
+    The threads pull indices from one shared iterator (next() on a range iterator is atomic under the
+    GIL): a future per item, as ThreadPoolExecutor.map makes, costs the harness about as much CPU as a
+    short sandbox run's own Python.
+    """
+    if workers <= 1:
+        return [fn(item) for item in items]
+    results: list = [None] * len(items)
+    shared = iter(range(len(items)))
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for i in shared:
+                results[i] = fn(items[i])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, name=f"sandbox-{k}", daemon=True) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _wire_test(test: TestCase) -> tuple[str, dict | None]:
