@@ -18,6 +18,8 @@ RUN pip install --no-cache-dir "./[ingest]" \
 # The sandbox's C engine, compiled here so the image needs no compiler (used at full isolation, i.e.
 # when the container may create namespaces; otherwise the Python engine runs with fewer layers).
 ENV LORAFLEET_CACHE_DIR=/opt/lorafleet/cache
+# The compiler only lives for this layer (purged below), so its exact Debian version doesn't matter.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && LORAFLEET_SANDBOX_ENGINE=c python -c "from lorafleet.shared.sandbox.zygote_build import zygote_library; print(zygote_library())" \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \

@@ -165,18 +165,30 @@ def _enter_namespaces(sock: socket.socket, layers: list[str]) -> None:
         pass  # keep the host's tree, still with private /proc and /tmp below
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        for target, size in (("/tmp", "256m"), ("/var/tmp", "16m"), ("/dev/shm", "64m")):
-            if os.path.isdir(target):
-                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
-        layers.append("private_tmp")
-        _bind_python_dirs(python_fds, only_under=SHARED_TMP)
-        if "private_root" not in layers:
+        if "private_root" in layers:  # its private /tmp & co. were made before the pivot
+            layers.append("private_tmp")
+        else:
+            _mount_private_tmp("")
+            layers.append("private_tmp")
+            _bind_python_dirs(python_fds, only_under=SHARED_TMP)
             _expose_interpreter()
     except OSError:
         pass
     finally:
         for fd in python_fds.values():
             os.close(fd)
+
+
+TMP_SIZES = {"/tmp": "256m", "/var/tmp": "16m", "/dev/shm": "64m"}
+
+
+def _mount_private_tmp(prefix: str) -> None:
+    """A fresh tmpfs on /tmp, /var/tmp and /dev/shm (under `prefix`, the root being built, if given)."""
+    for target, size in TMP_SIZES.items():
+        if prefix:
+            os.makedirs(prefix + target, 0o755, exist_ok=True)
+        if os.path.isdir(prefix + target):
+            _mount("tmpfs", prefix + target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
 
 
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -237,16 +249,18 @@ def _pivot_to_minimal_root(python_fds: dict[str, int]) -> None:
             os.makedirs(target, 0o755, exist_ok=True)
             _mount(d, target, None, MS_BIND | MS_REC)
             _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        # The private /tmp & co. go in before the interpreter's directories, so that a venv living under
+        # /tmp or /var/tmp (a CI clone) is bound on top of them, not hidden under them. (Binding it back
+        # after the pivot is not possible: its descriptor points into the detached old root.)
+        _mount_private_tmp(new)
         _bind_python_dirs(python_fds, prefix=new)
-        os.makedirs(new + "/dev/shm", 0o755)
         for node in DEV_NODES:
             open(f"{new}/dev/{node}", "w").close()
             _mount(f"/dev/{node}", f"{new}/dev/{node}", None, MS_BIND)
         for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                            ("stderr", "/proc/self/fd/2")):
             os.symlink(link, f"{new}/dev/{name}")
-        for d in ("proc", "tmp", "var/tmp"):
-            os.makedirs(f"{new}/{d}", 0o755, exist_ok=True)  # tmp exists when a venv lives under it
+        os.makedirs(f"{new}/proc", 0o755, exist_ok=True)
         os.chdir(new)
         if _libc.syscall(nr, b".", b".") != 0:
             e = ctypes.get_errno()
