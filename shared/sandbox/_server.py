@@ -726,8 +726,9 @@ def _exec_zygote(server: Server, files: dict[str, bytes], preload: tuple[str, ..
             os.write(fd, data)
         finally:
             os.close(fd)
-    hello = json.dumps({"layers": server.layers, "uid": server.uid, "workroot": server.workroot,
-                        "outer_pid": server.outer, "pidns": server.pidns, "engine": "c"})
+    # The zygote adds the layers (seccomp where its filter installs) and its modules to this hello.
+    hello = json.dumps({"uid": server.uid, "workroot": server.workroot, "outer_pid": server.outer,
+                        "pidns": server.pidns, "engine": "c"})
     fd = server.sock.fileno()
     os.set_inheritable(fd, True)
     # LD_BIND_NOW: resolve every dynamic symbol now, once, instead of in each child (a lazy binding
@@ -735,7 +736,7 @@ def _exec_zygote(server: Server, files: dict[str, bytes], preload: tuple[str, ..
     env = dict(os.environ, LD_BIND_NOW="1")
     os.execve(sys.executable, [sys.executable, "-I", os.path.join(ZYGOTE_DIR, "_zygote.py"), str(fd), str(server.uid),
                                str(server.gid), os.path.join(server.workroot, "run"), server.workroot,
-                               ",".join(preload), hello], env)
+                               ",".join(preload), hello, ",".join(server.layers)], env)
 
 
 def _option(argv: list[str], name: str) -> str | None:

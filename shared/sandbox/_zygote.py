@@ -1,6 +1,6 @@
 """The C engine's interpreter: preload, freeze, then let zygote.c's serve() fork one child per run.
 
-_server.py execs `python -I /.lorafleet-zygote/_zygote.py FD UID GID WORKDIR WORKROOT PRELOAD HELLO` once
+_server.py execs `python -I /.lorafleet-zygote/_zygote.py FD UID GID WORKDIR WORKROOT PRELOAD HELLO LAYERS` once
 the namespaces and the minimal root are in place (this directory is a root-owned copy inside that root).
 A fresh interpreter holds only what a child needs, so each fork copies less than a fork of the process
 that set everything up. serve() returns None when the harness leaves, and (code, payload) in a child.
@@ -24,14 +24,20 @@ def main(argv: list[str]) -> None:
         except ImportError:
             pass
     _runner.prepare_children(workdir)
+    layers = argv[7].split(",")
+    try:
+        _lorafleet_zygote.seccomp()  # inherited by every child
+        layers.append("seccomp")
+    except OSError:
+        pass  # a kernel without seccomp: the hello says so (the layer is missing)
     import gc
 
     gc.collect()
     gc.freeze()  # keeps the children's copy-on-write pages shared
-    # The hello (_server.send_msg's framing) plus the modules a program finds already imported here:
-    # module names need no JSON escaping, and json itself may not be in this image.
-    modules = ", ".join(f'"{m}"' for m in sorted(sys.modules))
-    hello = (argv[6][:-1] + f', "modules": [{modules}]}}').encode()
+    # The hello (_server.send_msg's framing) plus the layers and the modules a program finds already
+    # imported here: such names need no JSON escaping, and json itself may not be in this image.
+    names = lambda items: ", ".join(f'"{x}"' for x in items)  # noqa: E731
+    hello = (argv[6][:-1] + f', "layers": [{names(layers)}], "modules": [{names(sorted(sys.modules))}]}}').encode()
     os.write(fd, len(hello).to_bytes(4, "big") + hello)
     got = _lorafleet_zygote.serve(fd, uid, gid, workdir, workroot)
     if got is None:

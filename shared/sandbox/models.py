@@ -25,6 +25,7 @@ ALL_LAYERS = (
     "private_tmp",
     "uid_drop",
     "no_new_privs",
+    "seccomp",
     "clean_env",
     "private_workdir",
     "rlimits",

@@ -249,9 +249,11 @@ class Sandbox:
             missing = [layer for layer in ALL_LAYERS if layer not in server.layers]
             if missing:
                 self._release(server, True)
+                how = ("run as root on Linux with namespaces enabled" if missing != ["seccomp"] else
+                       "the seccomp filter comes with the C engine: install a C compiler and Python's headers")
                 raise IsolationUnavailable(
                     f"refusing to run: isolation layers unavailable: {', '.join(missing)} "
-                    "(run as root on Linux with namespaces enabled, or drop --require-isolation)"
+                    f"({how}, or drop --require-isolation)"
                 )
         payload = json.dumps({"test": test, "nonce": nonce}).encode() if test is not None else b""
         try:

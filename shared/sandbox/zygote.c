@@ -23,6 +23,11 @@
 #include <Python.h>
 
 #include <dirent.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -210,6 +215,107 @@ static void clean_shared_tmp(const config_t *cfg) {
 }
 
 /* ------------------------------------------------------------------ the child */
+
+/* seccomp: a deny-list of system calls a Python program has no business making, most of them kernel
+ * attack surface that the uid drop alone leaves open (an unprivileged uid may still create user
+ * namespaces here, and from there mount, network and more), the rest needing privileges the run
+ * doesn't have anyway. They fail with EPERM; clone3 fails with ENOSYS so that glibc falls back to
+ * clone, whose flags can be checked (no new namespace); a foreign ABI kills the process.
+ * Installed once on the zygote (which needs none of them after its setup), inherited by every child:
+ * a filter installed per child is compiled per child. */
+#if defined(__x86_64__)
+#define SECCOMP_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define SECCOMP_ARCH AUDIT_ARCH_AARCH64
+#endif
+#define NEW_NAMESPACE_FLAGS (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC \
+                             | CLONE_NEWUTS | CLONE_NEWCGROUP | 0x00000080 /* CLONE_NEWTIME */)
+
+static const long DENIED[] = {
+#define DENY(name) __NR_##name,
+#ifdef __NR_ptrace
+    DENY(ptrace)
+#endif
+#ifdef __NR_process_vm_readv
+    DENY(process_vm_readv) DENY(process_vm_writev)
+#endif
+#ifdef __NR_pidfd_getfd
+    DENY(pidfd_getfd)
+#endif
+#ifdef __NR_kcmp
+    DENY(kcmp)
+#endif
+    DENY(unshare) DENY(setns) DENY(mount) DENY(umount2) DENY(pivot_root) DENY(chroot)
+#ifdef __NR_fsopen
+    DENY(fsopen) DENY(fsconfig) DENY(fsmount) DENY(fspick) DENY(move_mount) DENY(open_tree)
+#endif
+#ifdef __NR_mount_setattr
+    DENY(mount_setattr)
+#endif
+#ifdef __NR_bpf
+    DENY(bpf)
+#endif
+#ifdef __NR_perf_event_open
+    DENY(perf_event_open)
+#endif
+#ifdef __NR_userfaultfd
+    DENY(userfaultfd)
+#endif
+#ifdef __NR_io_uring_setup
+    DENY(io_uring_setup) DENY(io_uring_enter) DENY(io_uring_register)
+#endif
+    DENY(keyctl) DENY(add_key) DENY(request_key)
+    DENY(init_module) DENY(finit_module) DENY(delete_module) DENY(kexec_load)
+#ifdef __NR_kexec_file_load
+    DENY(kexec_file_load)
+#endif
+    DENY(reboot) DENY(swapon) DENY(swapoff) DENY(acct) DENY(quotactl) DENY(syslog) DENY(vhangup)
+    DENY(open_by_handle_at) DENY(name_to_handle_at) DENY(fanotify_init) DENY(personality)
+#ifdef __NR_iopl
+    DENY(iopl) DENY(ioperm)
+#endif
+#ifdef __NR_lookup_dcookie
+    DENY(lookup_dcookie)
+#endif
+#undef DENY
+};
+
+static int install_seccomp(void) {
+#ifndef SECCOMP_ARCH
+    errno = ENOSYS;
+    return -1;
+#else
+    struct sock_filter f[8 + 2 * sizeof DENIED / sizeof *DENIED + 8];
+    int n = 0;
+#define STMT(code, k) f[n++] = (struct sock_filter)BPF_STMT(code, k)
+#define JUMP(code, k, jt, jf) f[n++] = (struct sock_filter)BPF_JUMP(code, k, jt, jf)
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#ifdef __x86_64__
+    JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1); /* the x32 ABI */
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+#endif
+    for (size_t i = 0; i < sizeof DENIED / sizeof *DENIED; i++) {
+        JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)DENIED[i], 0, 1);
+        STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    }
+#ifdef __NR_clone3
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+#endif
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3);
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])); /* flags, low word */
+    JUMP(BPF_JMP | BPF_JSET | BPF_K, NEW_NAMESPACE_FLAGS, 0, 1);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+#undef STMT
+#undef JUMP
+    struct sock_fprog prog = {(unsigned short)n, f};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+#endif
+}
 
 static void setup_failed(const char *what) {
     char msg[512];
@@ -517,7 +623,15 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *seccomp(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    if (install_seccomp() != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"seccomp", seccomp, METH_NOARGS, "install the deny-list filter on this process (so on every child it forks: "
+                                      "compiling a filter per child cost ~0.09 ms of CPU)"},
     {"serve", serve, METH_VARARGS, "serve(sock_fd, uid, gid, workdir, workroot): run programs until the harness leaves; "
                                    "returns None there, and (code, payload) in each run's child."},
     {NULL, NULL, 0, NULL},

@@ -149,6 +149,16 @@ def check_secret(r, w):
     assert r.stdout.count("denied") == 2
 
 
+def check_kernel_surface(r, w):
+    if "seccomp" not in r.isolation:
+        # Without the filter (the Python engine) PTRACE_TRACEME makes the server its tracer and the next
+        # signal stops it: contained by the wall clock (time_limit), nothing left behind (assert_clean).
+        return
+    errnos = [line.split()[1] for line in r.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()]
+    assert r.verdict == "ok" and errnos == ["1"] * 10, r.stdout  # every reach refused with EPERM
+    assert "thread ran" in r.stdout and "fork exit 7" in r.stdout, r.stdout  # threads (clone3 -> clone) and fork work
+
+
 HOSTILES = [
     Hostile("infinite_loop", {"time_limit"}),
     Hostile("busy_threads", {"time_limit"}),
@@ -165,6 +175,7 @@ HOSTILES = [
     Hostile("deep_recursion", {"ok"}, lambda r, w: r.stdout == "1000000\n" or pytest.fail(r.stdout)),
     Hostile("huge_output", {"output_limit"}, check_output_cap),
     Hostile("read_secret", {"ok"}, check_secret),
+    Hostile("kernel_surface", {"ok", "time_limit"}, check_kernel_surface),
 ]
 
 
