@@ -8,8 +8,11 @@ working directory.
 
 from __future__ import annotations
 
+import atexit
+import builtins
 import os
 import sys
+import types
 
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -42,10 +45,6 @@ def _fresh_stdio() -> None:
 
 def run_program(payload: bytes, code: str) -> int:
     """Run the program as __main__ (or as module `solution` under a test driver); its exit code."""
-    import atexit
-    import builtins
-    import types
-
     spec = None
     if payload:
         import json
@@ -75,7 +74,8 @@ def run_program(payload: bytes, code: str) -> int:
         threading = sys.modules.get("threading")
         if threading is not None:  # join non-daemon threads, like interpreter exit
             threading._shutdown()  # type: ignore[attr-defined]
-        atexit._run_exitfuncs()
+        if atexit._ncallbacks():
+            atexit._run_exitfuncs()
     except SystemExit as e:
         exit_code = _exit_code(e)
     except BaseException:  # noqa: BLE001
