@@ -28,6 +28,11 @@ def prepare_children(workdir: str) -> None:
     sys.argv = [os.path.join(workdir, "solution.py")]
     sys.path.insert(0, workdir)
     _fresh_stdio()  # on fds 0-2 (/dev/null here); a child dup2s its pipes under them
+    # The program's module, empty, already registered as __main__: each child starts from its own copy.
+    main = types.ModuleType("__main__")
+    main.__file__ = sys.argv[0]
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
 
 
 def _fresh_stdio() -> None:
@@ -52,10 +57,9 @@ def run_program(payload: bytes, code: str) -> int:
         spec = json.loads(payload)
     test = spec["test"] if spec else None
     path = sys.argv[0]
-    main = types.ModuleType("__main__" if test is None else "solution")
-    main.__file__ = path
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
+    main = sys.modules["__main__"]  # made by prepare_children
+    if test is not None:
+        main.__name__ = "solution"  # under a test driver the program is imported, not run as a script
     g = main.__dict__
     exit_code = 0
     try:
