@@ -544,6 +544,28 @@ def _exec_zygote(server: Server, files: dict[str, bytes], preload: tuple[str, ..
                                ",".join(preload), hello, ",".join(server.layers)], env)
 
 
+def _seccomp_from(so_path: str | None, layers: list[str]) -> None:
+    """Install the C engine's seccomp filter on this Python server (inherited by every child it forks).
+
+    For the modes the C engine doesn't serve (no namespaces, no uid drop): the compiled module is on the
+    host's tree, which these modes still see. Without it (LORAFLEET_SANDBOX_ENGINE=python, no compiler)
+    the layer is simply missing.
+    """
+    if not so_path or not os.path.isfile(so_path):
+        return
+    try:
+        from importlib.machinery import ExtensionFileLoader
+        from importlib.util import module_from_spec, spec_from_loader
+
+        loader = ExtensionFileLoader("_lorafleet_zygote", so_path)
+        module = module_from_spec(spec_from_loader("_lorafleet_zygote", loader))
+        loader.exec_module(module)
+        module.seccomp()
+    except (ImportError, OSError):
+        return
+    layers.append("seccomp")
+
+
 def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
@@ -565,6 +587,7 @@ def main(argv: list[str]) -> None:
             _exec_zygote(server, zygote, preload)  # does not return
         except OSError:
             pass  # stay on the Python engine; the hello says which engine answers
+    _seccomp_from(_option(argv, "--zygote"), server.layers)  # the reduced modes still get the filter
     for name in preload:
         try:
             __import__(name)

@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 from lorafleet.shared.problems import TestCase as Case
-from lorafleet.shared.sandbox import IsolationUnavailable, RunLimits, RunResult, Sandbox, machine_workers
+from lorafleet.shared.sandbox import IsolationUnavailable, RunLimits, RunResult, Sandbox, machine_workers, zygote_build
 
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "sandbox" / "hostile"
 FAST = RunLimits(time_s=1, wall_s=3, memory_mb=256, processes=16)
@@ -273,6 +273,14 @@ def test_fewer_layers_still_contain_and_are_reported(world, namespaces, drop):
             check_secret(sb.run(program("read_secret", world["subs"]), "", FAST), world)
             r = sb.run(program("kill_others", world["subs"]), "", FAST)
             check_victims_alive(r, world)
+        # With the C module built (engine auto), the reduced modes still get the seccomp filter.
+        built = zygote_build.zygote_library() is not None
+        assert ("seccomp" in env.isolation) == built
+        surface = sb.run(program("kernel_surface", world["subs"]), "", FAST)
+        # (With a uid drop but no mount namespace, a Python under /root (0700) offers the dropped run only
+        # the preloaded modules: no ctypes, so the program can't even try. Without the drop it can.)
+        if built and "ModuleNotFoundError" not in surface.stderr:
+            check_kernel_surface(surface, world)
         with pytest.raises(IsolationUnavailable, match="pid_namespace"):
             sb.run("print(1)", "", RunLimits(require_isolation=True))
         workroots = [s.workroot for s in sb.servers()]
