@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
@@ -24,30 +23,6 @@ def settings(nats_url, tmp_path, monkeypatch):
     return Settings(nats_url=nats_url, data_dir=tmp_path / "data", max_deliver=3, retry_delay_s=0.2, ack_wait_s=10)
 
 
-class Events:
-    """Every event on the stream's subjects, as seen by a core NATS subscriber."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict]] = []
-
-    async def start(self, nc) -> "Events":
-        async def on_msg(msg):
-            self.items.append((msg.subject.removeprefix("lorafleet.v1."), json.loads(msg.data)))
-
-        await nc.subscribe("lorafleet.v1.>", cb=on_msg)
-        return self
-
-    def of(self, event_type: str) -> list[dict]:
-        return [data for t, data in self.items if t == event_type]
-
-    async def wait(self, event_type: str, n: int = 1, timeout: float = 20.0) -> list[dict]:
-        for _ in range(int(timeout / 0.05)):
-            if len(self.of(event_type)) >= n:
-                return self.of(event_type)
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {n} x {event_type} within {timeout}s; saw {[t for t, _ in self.items]}")
-
-
 async def ready_event(runner, tmp_path, dataset_writer, examples, enrich: dict) -> DatasetReady:
     src = dataset_writer(tmp_path / "ds", examples)
     ref = await runner.ctx.artifacts.put_dir(src, "datasets/test/ready")
@@ -56,9 +31,9 @@ async def ready_event(runner, tmp_path, dataset_writer, examples, enrich: dict) 
                         config=config, config_sha256="0" * 64)
 
 
-async def test_dataset_ready_to_enriched(settings, chat_server, example_factory, dataset_writer, tmp_path):
+async def test_dataset_ready_to_enriched(record_events, settings, chat_server, example_factory, dataset_writer, tmp_path):
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         examples = [example_factory(i, "length" if i == 3 else None) for i in range(12)]
         event = await ready_event(runner, tmp_path, dataset_writer, examples,
                                   {"endpoint": chat_server.url, "model": "reasoner", **FAST})
@@ -74,9 +49,9 @@ async def test_dataset_ready_to_enriched(settings, chat_server, example_factory,
     assert not list((settings.data_dir / "enrich" / "jobs").iterdir())  # scratch cleaned
 
 
-async def test_no_endpoint_passes_the_dataset_through(settings, example_factory, dataset_writer, tmp_path):
+async def test_no_endpoint_passes_the_dataset_through(record_events, settings, example_factory, dataset_writer, tmp_path):
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         event = await ready_event(runner, tmp_path, dataset_writer, [example_factory(1)], {})
         await publish_event(runner.ctx.js, event)
         [done] = await events.wait("dataset.enriched")
@@ -84,11 +59,11 @@ async def test_no_endpoint_passes_the_dataset_through(settings, example_factory,
     assert done["stats"]["skipped"] is True
 
 
-async def test_endpoint_down_fails_retriable_then_redelivery_resumes(settings, chat_server, example_factory,
+async def test_endpoint_down_fails_retriable_then_redelivery_resumes(record_events, settings, chat_server, example_factory,
                                                                      dataset_writer, tmp_path):
     chat_server.down = True
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         event = await ready_event(runner, tmp_path, dataset_writer, [example_factory(i) for i in range(6)],
                                   {"endpoint": chat_server.url, "model": "reasoner", **FAST})
         await publish_event(runner.ctx.js, event)
@@ -101,9 +76,9 @@ async def test_endpoint_down_fails_retriable_then_redelivery_resumes(settings, c
     assert not events.of("dlq.enrich")
 
 
-async def test_unknown_model_fails_without_retry(settings, chat_server, example_factory, dataset_writer, tmp_path):
+async def test_unknown_model_fails_without_retry(record_events, settings, chat_server, example_factory, dataset_writer, tmp_path):
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         event = await ready_event(runner, tmp_path, dataset_writer, [example_factory(1)],
                                   {"endpoint": chat_server.url, "model": "nope", **FAST})
         await publish_event(runner.ctx.js, event)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 
-from lorafleet.shared.bus import connect, ensure_stream
 from lorafleet.shared.events import STREAM
 from lorafleet.shared.settings import Settings
 
@@ -51,15 +50,6 @@ async def messages_on(js, subject: str) -> list[bytes]:
 def settings(nats_url, tmp_path) -> Settings:
     return Settings(nats_url=nats_url, data_dir=tmp_path / "data", max_deliver=3, ack_wait_s=2.0,
                     retry_delay_s=0.0, duplicate_window_s=120)
-
-
-@pytest.fixture
-async def js(settings):
-    nc = await connect(settings)
-    js = nc.jetstream()
-    await ensure_stream(js, settings)
-    yield js
-    await nc.close()
 
 
 @pytest.fixture

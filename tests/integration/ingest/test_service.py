@@ -23,33 +23,13 @@ def settings(nats_url, tmp_path):
     return Settings(nats_url=nats_url, data_dir=tmp_path / "data", max_deliver=2, ack_wait_s=10)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict]] = []
-
-    async def start(self, nc) -> "Events":
-        async def on_msg(msg):
-            self.items.append((msg.subject.removeprefix("lorafleet.v1."), json.loads(msg.data)))
-
-        await nc.subscribe("lorafleet.v1.>", cb=on_msg)
-        return self
-
-    async def wait(self, event_type: str, timeout: float = 30.0) -> dict:
-        for _ in range(int(timeout / 0.05)):
-            found = [d for t, d in self.items if t == event_type]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {event_type} within {timeout}s; saw {[t for t, _ in self.items]}")
-
-
 def request(data: dict, extra: list[SourceSpec] | None = None) -> TrainRequested:
     cfg = parse_config({"adapter_name": "python-lora", "base_model": "tiny", "data": data})
     return TrainRequested(request_id="req-ingest", adapter_name="python-lora", config=cfg.model_dump(mode="json"),
                           config_sha256=cfg.sha256(), reason="retrain", extra_sources=extra or [])
 
 
-async def test_train_requested_to_dataset_ready(settings, tmp_path):
+async def test_train_requested_to_dataset_ready(settings, tmp_path, record_events):
     data = {
         "sources": [
             {"type": "apps", "path": str(FIXTURES / "apps.jsonl")},
@@ -61,12 +41,12 @@ async def test_train_requested_to_dataset_ready(settings, tmp_path):
         "eval_fraction": 0.3,
     }
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         # the collector's pool travels as an artifact URI
         pool = await runner.ctx.artifacts.put_file(FIXTURES / "production.jsonl", "pools/python-lora/pool.jsonl")
         event = request(data, [SourceSpec(type="production", path=pool.uri)])
         await publish_event(runner.ctx.js, event)
-        ready = await events.wait("dataset.ready")
+        ready = (await events.wait("dataset.ready", timeout=30.0))[0]
         got = await runner.ctx.artifacts.get_dir(ready["dataset"]["uri"], tmp_path / "got")
     assert ready["request_id"] == "req-ingest" and ready["config"] == event.config
     stats = ready["stats"]
@@ -81,12 +61,12 @@ async def test_train_requested_to_dataset_ready(settings, tmp_path):
     assert not list((settings.data_dir / "ingest" / "jobs").iterdir())  # scratch cleaned
 
 
-async def test_too_few_examples_is_ingest_failed(settings):
+async def test_too_few_examples_is_ingest_failed(settings, record_events):
     data = {"sources": [{"type": "humaneval", "path": str(FIXTURES / "humaneval.jsonl.gz")}], "min_examples": 50}
     async with service.running(settings) as runner:
-        events = await Events().start(runner.ctx.nc)
+        events = await record_events(runner.ctx.nc)
         await publish_event(runner.ctx.js, request(data))
-        failed = await events.wait("ingest.failed")
+        failed = (await events.wait("ingest.failed", timeout=30.0))[0]
         await asyncio.sleep(0.3)
     assert failed["stage"] == "ingest" and failed["retriable"] is False
     assert "min_examples=50" in failed["error"] and "only 1 training examples" in failed["error"]

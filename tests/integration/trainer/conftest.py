@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
-from lorafleet.shared.bus import connect, ensure_stream  # noqa: E402
 from lorafleet.shared.settings import Settings  # noqa: E402
 
 
@@ -28,15 +27,6 @@ def settings(nats_url, tmp_path) -> Settings:
                     retry_delay_s=0.0, duplicate_window_s=120)
 
 
-@pytest.fixture
-async def js(settings):
-    nc = await connect(settings)
-    js = nc.jetstream()
-    await ensure_stream(js, settings)
-    try:
-        yield js
-    finally:
-        await nc.close()
 
 
 @pytest.fixture
