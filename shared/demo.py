@@ -89,6 +89,14 @@ class RunTrack:
     def failed(self) -> Any:
         return next((self.events[t] for t in FAILED if t in self.events), None)
 
+    def ended_early(self, prefix: str, rejected: str) -> str | None:
+        """Why this run stopped short (a stage failed: its error; the gate rejected: `rejected`), or None."""
+        if self.failed is not None:
+            return f"[red]{prefix}{kind_of(self.failed)}: {self.failed.error[:500]}[/red]"
+        if "adapter.rejected" in self.events:
+            return rejected
+        return None
+
 
 def stage_times(events: dict[str, Any]) -> list[tuple[str, float | None, str]]:
     """(stage, seconds or None, how it ended) from the events' own timestamps."""
@@ -356,10 +364,9 @@ class Demo:
         first = self.runs.get(first_request)
         if first is None:
             return None
-        if first.failed is not None:
-            return f"[red]{kind_of(first.failed)}: {first.failed.error[:500]}[/red]"
-        if "adapter.rejected" in first.events:
-            return "the first adapter was rejected by the gate: no A/B test, no traffic, no retrain"
+        if ended := first.ended_early("", "the first adapter was rejected by the gate: no A/B test, no traffic, "
+                                            "no retrain"):
+            return ended
         reg = first.events.get("adapter.registered")
         if reg is None:
             return None
@@ -372,10 +379,9 @@ class Demo:
             if decided is not None and now - self._decided_at.get(reg.version, now) > RETRAIN_PATIENCE_S:
                 return f"the collector requested no retrain within {RETRAIN_PATIENCE_S:.0f}s: stopping"
             return None
-        if retrain.failed is not None:
-            return f"[red]retrain: {kind_of(retrain.failed)}: {retrain.failed.error[:500]}[/red]"
-        if "adapter.rejected" in retrain.events:
-            return "the retrained adapter was rejected by the gate; the active version stays"
+        if ended := retrain.ended_early("retrain: ", "the retrained adapter was rejected by the gate; the active "
+                                                      "version stays"):
+            return ended
         reg2 = retrain.events.get("adapter.registered")
         if reg2 is None:
             return None
