@@ -48,7 +48,6 @@ UID_BASE = 1_000_000
 SETUP_FD = 3
 PIPE_CHUNK = 65536
 MIN_PATH = _runner.MIN_PATH
-SHARED_TMP = _isolation.SHARED_TMP
 
 # Two server images. Every fork copies the page tables of the whole interpreter and every child pays
 # copy-on-write faults on what it touches, so a bigger image costs every run (a fork of the full image
@@ -127,7 +126,6 @@ class Server:
         self.workroot = os.path.join(base, f"lorafleet-sandbox-{os.urandom(6).hex()}")
         os.mkdir(self.workroot, 0o711)
         os.chmod(self.workroot, 0o711)
-        self.counter = 0
         self.next_child: tuple[int, int, int, int, int, int] | None = None
         self.outer = outer
         if not self.drop and not self.private_tmp:
@@ -140,7 +138,6 @@ class Server:
         _runner.prepare_children(self.workdir)
 
     def execute(self, limits: dict, code: bytes, stdin: bytes, payload: bytes) -> tuple[dict, tuple[bytes, bytes]]:
-        self.counter += 1
         child, self.next_child = self.next_child or self._spawn(), None
         workdir = self.workdir
         try:
@@ -176,7 +173,7 @@ class Server:
 
     def _clean_shared_tmp(self) -> None:
         """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind)."""
-        for d in SHARED_TMP:
+        for d in _isolation.SHARED_TMP:
             try:
                 entries = list(os.scandir(d))
             except OSError:
