@@ -30,7 +30,8 @@ from pathlib import Path
 import nats
 from nats.js import api
 
-from lorafleet.shared.bus import Service, ensure_stream, publish_event
+from lorafleet.shared.bus import ensure_stream, publish_event
+from lorafleet.shared.service import Service
 from lorafleet.shared.events import STREAM, ArtifactRef, DatasetReady
 from lorafleet.shared.nats_server import NatsServer
 from lorafleet.shared.settings import Settings

@@ -20,7 +20,7 @@ from lorafleet.services.enrich.bootstrap import bootstrap
 from lorafleet.services.enrich.client import EndpointDown
 from lorafleet.services.enrich.dataset import enrich_dataset
 from lorafleet.services.enrich.pipeline import resolve_target
-from lorafleet.shared.bus import Context, Service
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.errors import LorafleetError, RetriableError
 from lorafleet.shared.events import DatasetEnriched, DatasetReady, Event, StageFailed

@@ -23,7 +23,7 @@ from lorafleet.services.evaluator.local import finish
 from lorafleet.services.evaluator.models import LatencyRecord, ProblemResult, SamplingParams, ShardResult
 from lorafleet.services.evaluator.problems_io import read_problems_jsonl
 from lorafleet.services.evaluator.shards import EvalProgress, EvalSpec, plan_shards, record_shard
-from lorafleet.shared.bus import Context, Service
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import EvaluationSection, GateSection, parse_config
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import (

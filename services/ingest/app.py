@@ -21,7 +21,7 @@ from pathlib import Path
 from lorafleet.services.ingest.bootstrap import bootstrap
 from lorafleet.services.ingest.pipeline import build_dataset
 from lorafleet.services.ingest.verify import sandbox_judge
-from lorafleet.shared.bus import Context, Service
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import SourceSection, parse_config
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import DatasetReady, Event, StageFailed, TrainRequested

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lorafleet.shared.bus import Context, Service, dlq_subject, make_dead_letter
+from lorafleet.shared.bus import dlq_subject
+from lorafleet.shared.dead_letters import make_dead_letter
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import STREAM, AdapterEvaluated, Event, ProductionOutcome, StageFailed, TrainRequested
 

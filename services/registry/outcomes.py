@@ -18,7 +18,8 @@ from collections import defaultdict
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from lorafleet.shared.bus import dlq_subject, make_dead_letter
+from lorafleet.shared.bus import dlq_subject
+from lorafleet.shared.dead_letters import make_dead_letter
 from lorafleet.shared.events import STREAM, ProductionOutcome, parse_event, subject_for
 
 from .core import Outcome, RegistryError, apply_outcomes, check_name

@@ -12,7 +12,7 @@ import logging
 import shutil
 
 from lorafleet.services.trainer.bootstrap import bootstrap
-from lorafleet.shared.bus import Context, Service
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.errors import ConfigError
 from lorafleet.shared.events import AdapterTrained, DatasetEnriched, Event, StageFailed, TrainingProgress

@@ -24,21 +24,21 @@ change uid. The hello message lists the layers that are really active.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import resource
 import select
 import shutil
 import signal
 import socket
-import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's directory out
+import _engine_c  # noqa: E402
 import _isolation  # noqa: E402
 import _runner  # noqa: E402
 import _wire  # noqa: E402
+from _wire import recv_exact, send_msg  # noqa: E402
 
 del sys.path[0]
 
@@ -63,46 +63,6 @@ PRELOAD = (
     "textwrap", "unicodedata", "numbers", "contextlib", "abc", "struct", "time", "pprint",
 )
 IMAGES = {"lean": ("types", "atexit"), "full": PRELOAD}  # lean: what _runner needs to run any program
-
-# ---------------------------------------------------------------- framing (also used by the harness)
-
-_LEN = struct.Struct("!I")
-
-
-def send_msg(sock: socket.socket, header: dict, blobs: tuple[bytes, ...] = ()) -> None:
-    header = dict(header, blobs=[len(b) for b in blobs])
-    raw = json.dumps(header).encode()
-    sock.sendall(b"".join((_LEN.pack(len(raw)), raw, *blobs)))
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            return None
-        got += k
-    return bytes(buf)
-
-
-def recv_msg(sock: socket.socket) -> tuple[dict, list[bytes]] | None:
-    head = _recv_exact(sock, _LEN.size)
-    if head is None:
-        return None
-    raw = _recv_exact(sock, _LEN.unpack(head)[0])
-    if raw is None:
-        return None
-    header = json.loads(raw)
-    blobs = []
-    for size in header.pop("blobs", []):
-        blob = _recv_exact(sock, size) if size else b""
-        if blob is None:
-            return None
-        blobs.append(blob)
-    return header, blobs
-
 
 class Server:
     def __init__(self, sock: socket.socket, namespaces: bool, drop: bool) -> None:
@@ -380,11 +340,11 @@ class Server:
                              "outer_pid": self.outer, "pidns": self.pidns, "engine": "python",
                              "modules": sorted(sys.modules)})
         while True:
-            raw = _recv_exact(self.sock, _wire.REQUEST.size)
+            raw = recv_exact(self.sock, _wire.REQUEST.size)
             if raw is None:
                 return
             limits, *sizes = _wire.unpack_request(raw)
-            blobs = [_recv_exact(self.sock, n) if n else b"" for n in sizes]
+            blobs = [recv_exact(self.sock, n) if n else b"" for n in sizes]
             if None in blobs:
                 return
             try:
@@ -495,74 +455,6 @@ def _count_own_processes() -> int:
     return n
 
 
-ZYGOTE_DIR = "/.lorafleet-zygote"
-ZYGOTE_FILES = ("_zygote.py", "_runner.py")
-
-
-def _read_zygote(so_path: str | None) -> dict[str, bytes] | None:
-    """The C engine's files, read while the host's tree is still visible (the minimal root hides it)."""
-    if not so_path:
-        return None
-    here = os.path.dirname(os.path.abspath(__file__))
-    files = {"_lorafleet_zygote.so": so_path, **{name: os.path.join(here, name) for name in ZYGOTE_FILES}}
-    try:
-        out = {}
-        for name, path in files.items():
-            with open(path, "rb") as f:
-                out[name] = f.read()
-        return out
-    except OSError:
-        return None
-
-
-def _exec_zygote(server: Server, files: dict[str, bytes], preload: tuple[str, ...]) -> None:
-    """Become the C engine: a fresh interpreter, still pid 1 of these namespaces, in this root.
-
-    Only at full isolation (the C engine knows one way to clean up after a run: kill(-1) as pid 1, and
-    one way to drop: the run's own uid); anything else stays on the Python engine.
-    """
-    os.mkdir(ZYGOTE_DIR, 0o755)  # root's, in the minimal root: readable by a run, not writable
-    for name, data in files.items():
-        fd = os.open(os.path.join(ZYGOTE_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-    # The zygote adds the layers (seccomp where its filter installs) and its modules to this hello.
-    hello = json.dumps({"uid": server.uid, "workroot": server.workroot, "outer_pid": server.outer,
-                        "pidns": server.pidns, "engine": "c"})
-    fd = server.sock.fileno()
-    os.set_inheritable(fd, True)
-    # LD_BIND_NOW: resolve every dynamic symbol now, once, instead of in each child (a lazy binding
-    # writes the GOT: a copy-on-write fault plus a symbol lookup per first call; ~7% of a trivial run).
-    env = dict(os.environ, LD_BIND_NOW="1")
-    os.execve(sys.executable, [sys.executable, "-I", os.path.join(ZYGOTE_DIR, "_zygote.py"), str(fd), str(server.uid),
-                               str(server.gid), os.path.join(server.workroot, "run"), server.workroot,
-                               ",".join(preload), hello, ",".join(server.layers)], env)
-
-
-def _seccomp_from(so_path: str | None, layers: list[str]) -> None:
-    """Install the C engine's seccomp filter on this Python server (inherited by every child it forks).
-
-    For the modes the C engine doesn't serve (no namespaces, no uid drop): the compiled module is on the
-    host's tree, which these modes still see. Without it (LORAFLEET_SANDBOX_ENGINE=python, no compiler)
-    the layer is simply missing.
-    """
-    if not so_path or not os.path.isfile(so_path):
-        return
-    try:
-        from importlib.machinery import ExtensionFileLoader
-        from importlib.util import module_from_spec, spec_from_loader
-
-        loader = ExtensionFileLoader("_lorafleet_zygote", so_path)
-        module = module_from_spec(spec_from_loader("_lorafleet_zygote", loader))
-        loader.exec_module(module)
-        module.seccomp()
-    except (ImportError, OSError):
-        return
-    layers.append("seccomp")
-
-
 def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
@@ -576,15 +468,15 @@ def main(argv: list[str]) -> None:
     if cpu is not None:  # the server and every child it forks stay on one CPU (see pool.Sandbox)
         os.sched_setaffinity(0, {int(cpu)})
     preload = IMAGES[_option(argv, "--image") or "full"]
-    zygote = _read_zygote(_option(argv, "--zygote"))
+    zygote = _engine_c.read_zygote(_option(argv, "--zygote"))
     server = Server(sock, namespaces="--no-namespaces" not in argv, drop="--no-drop" not in argv)
     full = server.pidns and server.drop and {"private_root", "private_tmp"} <= set(server.layers)
     if zygote and full:
         try:
-            _exec_zygote(server, zygote, preload)  # does not return
+            _engine_c.exec_zygote(server, zygote, preload)  # does not return
         except OSError:
             pass  # stay on the Python engine; the hello says which engine answers
-    _seccomp_from(_option(argv, "--zygote"), server.layers)  # the reduced modes still get the filter
+    _engine_c.seccomp_from(_option(argv, "--zygote"), server.layers)  # the reduced modes still get the filter
     for name in preload:
         try:
             __import__(name)

@@ -11,6 +11,8 @@ response: RESPONSE header, then setup text, error text, stdout, stderr.
 
 from __future__ import annotations
 
+import json
+import socket
 import struct
 
 REQUEST = struct.Struct("=IIddQQQQIIQQQ")  # magic, flags, cpu_s, wall_s, memory, fsize, stdout cap,
@@ -87,3 +89,43 @@ def finish_head(head: dict, setup: bytes, error: bytes) -> dict:
     ok = head.pop("setup_ok")
     head["setup_error"] = None if ok else (setup.decode(errors="replace") or "child died during setup")
     return head
+
+
+# ---------------------------------------------------------------- framing of the JSON messages (hello, setup)
+
+_LEN = struct.Struct("!I")
+
+
+def send_msg(sock: socket.socket, header: dict, blobs: tuple[bytes, ...] = ()) -> None:
+    header = dict(header, blobs=[len(b) for b in blobs])
+    raw = json.dumps(header).encode()
+    sock.sendall(b"".join((_LEN.pack(len(raw)), raw, *blobs)))
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict, list[bytes]] | None:
+    head = recv_exact(sock, _LEN.size)
+    if head is None:
+        return None
+    raw = recv_exact(sock, _LEN.unpack(head)[0])
+    if raw is None:
+        return None
+    header = json.loads(raw)
+    blobs = []
+    for size in header.pop("blobs", []):
+        blob = recv_exact(sock, size) if size else b""
+        if blob is None:
+            return None
+        blobs.append(blob)
+    return header, blobs

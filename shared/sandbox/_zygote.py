@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
 
     gc.collect()
     gc.freeze()  # keeps the children's copy-on-write pages shared
-    # The hello (_server.send_msg's framing) plus the layers and the modules a program finds already
+    # The hello (_wire.send_msg's framing) plus the layers and the modules a program finds already
     # imported here: such names need no JSON escaping, and json itself may not be in this image.
     names = lambda items: ", ".join(f'"{x}"' for x in items)  # noqa: E731
     hello = (argv[6][:-1] + f', "layers": [{names(layers)}], "modules": [{names(sorted(sys.modules))}]}}').encode()

@@ -78,7 +78,7 @@ class ForkServer:
         self.sock = ours
         self.sock.settimeout(STARTUP_TIMEOUT_S)
         try:
-            hello = _server.recv_msg(self.sock)
+            hello = _wire.recv_msg(self.sock)
         except OSError as e:
             self.close()
             raise ServerDied(f"sandbox server did not start: {e}") from e
@@ -110,7 +110,7 @@ class ForkServer:
             head, sizes = _wire.unpack_response(data[:_wire.RESPONSE.size])
             missing = _wire.RESPONSE.size + sum(sizes) - len(data)
             if missing > 0:
-                rest = _server._recv_exact(self.sock, missing)
+                rest = _wire.recv_exact(self.sock, missing)
                 if rest is None:
                     raise ServerDied("sandbox server exited during a run")
                 data += rest

@@ -23,7 +23,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from lorafleet.shared.bus import SERVICES, ensure_stream, publish_event
+from lorafleet.fleet import SERVICES
+from lorafleet.shared.bus import ensure_stream, publish_event
 from lorafleet.shared.events import STREAM, TrainRequested
 from lorafleet.shared.settings import Settings
 

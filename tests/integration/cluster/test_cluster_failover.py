@@ -20,7 +20,8 @@ import pytest
 from nats.js import api
 from nats.js.errors import KeyWrongLastSequenceError
 
-from lorafleet.shared.bus import Service, publish_event
+from lorafleet.shared.bus import publish_event
+from lorafleet.shared.service import Service
 from lorafleet.shared.events import STREAM, AdapterRegistered, TrainRequested
 from lorafleet.shared.settings import Settings
 

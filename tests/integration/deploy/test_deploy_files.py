@@ -68,7 +68,7 @@ def test_compose_schema_rejects_a_broken_file(compose_validator):
 
 
 def test_deploy_covers_every_service_the_bus_runs():
-    from lorafleet.shared.bus import SERVICES as BUS_SERVICES
+    from lorafleet.fleet import SERVICES as BUS_SERVICES
 
     assert set(BUS_SERVICES) == SERVICES
 

@@ -14,7 +14,7 @@ from lorafleet.shared.config import EnrichSection
 
 
 def cli(data_dir, *args) -> list[str]:
-    return [sys.executable, "-m", "lorafleet.shared.cli", "--data-dir", str(data_dir), "data", "enrich", *map(str, args)]
+    return [sys.executable, "-m", "lorafleet.cli", "--data-dir", str(data_dir), "data", "enrich", *map(str, args)]
 
 
 async def run(cmd) -> tuple[int, str, str]:

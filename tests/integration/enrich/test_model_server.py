@@ -114,7 +114,7 @@ async def test_evaluator_openai_backend_against_it(model_url):
 async def test_cli_model_serve(tiny_model_pair):
     base, adapter = tiny_model_pair
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lorafleet.shared.cli", "model", "serve", str(base), "--adapter", f"py={adapter}",
+        sys.executable, "-m", "lorafleet.cli", "model", "serve", str(base), "--adapter", f"py={adapter}",
         "--port", "0", "--name", "tiny", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()

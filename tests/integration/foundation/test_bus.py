@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from lorafleet.shared.bus import DeadLetter, Service, publish_event
+from lorafleet.shared.bus import publish_event
+from lorafleet.shared.dead_letters import DeadLetter
+from lorafleet.shared.service import Service
 from lorafleet.shared.events import ArtifactRef, DatasetReady, StageFailed, TrainRequested
 
 
@@ -144,7 +146,7 @@ async def test_replicas_in_one_process_share_one_durable_consumer(settings, js, 
 
 
 async def test_stopping_mid_handler_hands_the_message_back_at_once(settings, js, h):
-    from lorafleet.shared.bus import Runner
+    from lorafleet.shared.runner import Runner
 
     settings = settings.model_copy(update={"ack_wait_s": 30.0})  # a redelivery by timeout would take 30 s
     slow, fast = Service("trainer"), Service("trainer")

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from lorafleet.shared.bus import Service, publish_event
+from lorafleet.shared.bus import publish_event
+from lorafleet.shared.service import Service
 from lorafleet.shared.events import ArtifactRef, DatasetReady, TrainRequested
 
 LORAFLEET = [sys.executable, "-c", "from lorafleet.cli import main; main()"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from lorafleet.shared.bus import SERVICES
+from lorafleet.fleet import SERVICES
 
 LORAFLEET = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from lorafleet.shared.bus import Context, Service
+from lorafleet.shared.service import Context, Service
 from lorafleet.shared.events import ArtifactRef, DatasetReady, TrainRequested
 from lorafleet.shared.settings import get_settings
 

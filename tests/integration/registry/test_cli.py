@@ -13,7 +13,7 @@ from lorafleet.services.registry import core
 from lorafleet.services.registry.settings import RegistrySettings
 from lorafleet.services.registry.store import RegistryStore
 from lorafleet.shared.bus import ensure_stream
-from lorafleet.shared.cli import main
+from lorafleet.cli import main
 from lorafleet.shared.settings import Settings
 
 
@@ -101,6 +101,6 @@ def test_no_predecessor(url, capsys):
 
 
 def test_installed_command_runs(url):
-    proc = subprocess.run([sys.executable, "-m", "lorafleet.shared.cli", "registry", "rollback", "ghost"],
+    proc = subprocess.run([sys.executable, "-m", "lorafleet.cli", "registry", "rollback", "ghost"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown adapter 'ghost'" in proc.stderr

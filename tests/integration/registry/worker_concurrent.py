@@ -15,7 +15,7 @@ from lorafleet.services.registry import core  # noqa: E402
 from lorafleet.services.registry.outcomes import OutcomeRecorder  # noqa: E402
 from lorafleet.services.registry.settings import RegistrySettings  # noqa: E402
 from lorafleet.services.registry.store import RegistryStore  # noqa: E402
-from lorafleet.shared.bus import publish_event  # noqa: E402
+from lorafleet.shared.bus import publish_event
 from lorafleet.shared.events import ProductionOutcome  # noqa: E402
 
 

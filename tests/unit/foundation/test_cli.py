@@ -26,7 +26,7 @@ def test_help_lists_root_commands_and_groups(tmp_path):
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys):
-    from lorafleet.shared import cli
+    from lorafleet import cli
 
     cases = [
         (("status",), {}, "run `lorafleet up`"),
@@ -72,7 +72,7 @@ def test_events_schema_writes_valid_json_schemas(tmp_path):
 
 
 def test_a_broken_area_cli_is_reported_not_skipped(monkeypatch, capsys):
-    from lorafleet.shared import cli
+    from lorafleet import cli
 
     monkeypatch.setattr(cli, "AREA_CLIS", ("lorafleet.services.nosuch.cli",))
     monkeypatch.setattr(cli, "load_errors", [])

@@ -9,7 +9,9 @@ import pytest
 from nats.aio.msg import Msg
 
 from lorafleet.shared.artifacts import ArtifactError, _check_name, sha256_file, tar_dir
-from lorafleet.shared.bus import DeadLetter, Service, dlq_subject, make_dead_letter, subject_of
+from lorafleet.shared.bus import dlq_subject, subject_of
+from lorafleet.shared.dead_letters import DeadLetter, make_dead_letter
+from lorafleet.shared.service import Service
 from lorafleet.shared.errors import ConfigError
 from lorafleet.shared.events import DatasetReady, StageFailed, TrainRequested
 from lorafleet.shared.settings import Settings, get_settings

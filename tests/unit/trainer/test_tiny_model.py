@@ -41,7 +41,7 @@ def test_cache_is_reused_and_keyed_by_recipe(tiny_dir, tiny_cache):
 def test_make_tiny_command(tiny_dir, tiny_cache, tmp_path):
     from typer.testing import CliRunner
 
-    from lorafleet.shared.cli import app
+    from lorafleet.cli import app
 
     result = CliRunner().invoke(app, ["model", "make-tiny", str(tmp_path / "m"), "--cache-dir", str(tiny_cache)])
     assert result.exit_code == 0, result.output

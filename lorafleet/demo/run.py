@@ -5,7 +5,7 @@
    supervisor) and a local OpenAI-compatible model server for enrich;
 3. publishes train.requested for configs/demo_python_lora.yaml and follows it:
    ingest → enrich → training (live progress) → evaluation → registry;
-4. runs the SIMULATED traffic (shared/traffic.py) against the registry's A/B
+4. runs the SIMULATED traffic (lorafleet/demo/traffic.py) against the registry's A/B
    routing until it promotes or rolls back, and until the collector's pool
    requests a retrain, which is followed through the same path;
 5. prints the summary: stage times, base vs adapter pass@1 with the CI of the
@@ -23,29 +23,18 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lorafleet.shared.errors import LorafleetError
-from lorafleet.shared.processes import stop_groups
+from lorafleet.demo.fleet import ModelServer, _supervisor
+from lorafleet.demo.summary import _f, _sim_label, print_summary
+from lorafleet.demo.track import RunTrack, kind_of, pass_rates
 
 log = logging.getLogger("lorafleet.demo")
 
-# (stage, the event that starts it, the events that end it)
-STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("ingest", "train.requested", ("dataset.ready", "ingest.failed")),
-    ("enrich", "dataset.ready", ("dataset.enriched", "enrich.failed")),
-    ("training", "dataset.enriched", ("adapter.trained", "training.failed")),
-    ("evaluation", "adapter.trained", ("adapter.evaluated", "evaluation.failed")),
-    ("registry", "adapter.evaluated", ("adapter.registered", "adapter.rejected", "registry.failed")),
-)
-FAILED = {end for _, _, ends in STAGES for end in ends if end.endswith(".failed")}
 AB_PATIENCE_S = 90.0  # traffic time an A/B test gets before the demo stops waiting for its decision
 RETRAIN_PATIENCE_S = 180.0  # after the decision, time for the collector's pool to trigger the retrain
 DEMO_ENV = {
@@ -57,149 +46,6 @@ DEMO_ENV = {
     "LORAFLEET_MAX_DELIVER": "3",
     "LORAFLEET_RETRY_DELAY_S": "1",
 }
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def kind_of(event: Any) -> str:
-    """The event type, with `<stage>.failed` for a StageFailed (its class-level type is generic)."""
-    return getattr(event, "failed_type", None) or event.event_type
-
-
-@dataclass
-class RunTrack:
-    """The events of one request (one pass through the pipeline)."""
-
-    request_id: str
-    reason: str
-    events: dict[str, Any] = field(default_factory=dict)  # event_type -> the first such event
-    progress: Any = None
-
-    def add(self, event: Any) -> None:
-        if event.event_type == "training.progress":
-            self.progress = event
-        self.events.setdefault(kind_of(event), event)
-
-    @property
-    def done(self) -> bool:
-        return any(t in self.events for t in ("adapter.registered", "adapter.rejected")) or self.failed is not None
-
-    @property
-    def failed(self) -> Any:
-        return next((self.events[t] for t in FAILED if t in self.events), None)
-
-    def ended_early(self, prefix: str, rejected: str) -> str | None:
-        """Why this run stopped short (a stage failed: its error; the gate rejected: `rejected`), or None."""
-        if self.failed is not None:
-            return f"[red]{prefix}{kind_of(self.failed)}: {self.failed.error[:500]}[/red]"
-        if "adapter.rejected" in self.events:
-            return rejected
-        return None
-
-
-def stage_times(events: dict[str, Any]) -> list[tuple[str, float | None, str]]:
-    """(stage, seconds or None, how it ended) from the events' own timestamps."""
-    rows = []
-    for stage, start, ends in STAGES:
-        began = events.get(start)
-        end = next((events[e] for e in ends if e in events), None)
-        if began is None or end is None:
-            rows.append((stage, None, "not reached" if began is None else "running"))
-            continue
-        rows.append((stage, (end.occurred_at - began.occurred_at).total_seconds(), kind_of(end)))
-    return rows
-
-
-def pass_rates(evaluated: Any) -> dict[str, float | None]:
-    """Sampled and greedy pass@1 of base and adapter, and the delta with its 95% CI."""
-    m = evaluated.metrics
-    delta = m.get("delta_pass@1") or {}
-    return {
-        "base": (m.get("base") or {}).get("pass@1"),
-        "adapter": (m.get("adapter") or {}).get("pass@1"),
-        "base_greedy": (m.get("base") or {}).get("greedy_pass@1"),
-        "adapter_greedy": (m.get("adapter") or {}).get("greedy_pass@1"),
-        "delta": delta.get("mean"),
-        "delta_low": delta.get("low"),
-        "delta_high": delta.get("high"),
-        "problems": m.get("problems"),
-    }
-
-
-def verdict(rates: dict[str, float | None]) -> str:
-    low = rates.get("delta_low")
-    if rates.get("delta") is None:
-        return "no base-vs-adapter comparison was measured"
-    if low is not None and low > 0:
-        return "the adapter beats the base on held-out problems (95% CI of the difference above 0)"
-    return "the adapter did NOT measurably beat the base on held-out problems (95% CI of the difference includes 0)"
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    from lorafleet.shared.nats_server import free_port
-
-    return free_port()
-
-
-class ModelServer:
-    """`lorafleet model serve` for the tiny base, as the demo's enrich endpoint."""
-
-    def __init__(self, model_dir: Path, log_path: Path, name: str) -> None:
-        self.model_dir, self.log_path, self.name = model_dir, log_path, name
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 120.0) -> None:
-        from lorafleet.shared.cli_up import _die_with_parent
-
-        cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "model", "serve", str(self.model_dir),
-               "--port", str(self.port), "--name", self.name]
-        with open(self.log_path, "ab") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LorafleetError(f"the model server exited with code {self.proc.returncode}: see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise LorafleetError(f"the model server did not answer on port {self.port} within {timeout:.0f}s: see {self.log_path}")
-
-    def stop(self) -> None:
-        stop_groups([self.proc])
-        self.proc = None
-
-
-def _supervisor(settings: Any, log_path: Path):
-    """The `lorafleet up` supervisor, with the services' output in a log file instead of the console."""
-    from lorafleet.shared import cli_up
-    from lorafleet.shared.bus import SERVICES
-
-    class LoggedSupervisor(cli_up.Supervisor):
-        def spawn(self, child: Any, url: str) -> None:
-            env = dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
-                       PYTHONUNBUFFERED="1")
-            cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", child.service]
-            with open(log_path, "ab") as fh:
-                child.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                              start_new_session=True, preexec_fn=cli_up._die_with_parent)
-            child.starts = [t for t in child.starts if t > time.monotonic() - cli_up.RESTART_WINDOW_S] + [time.monotonic()]
-
-    # Two evaluator replicas share the evaluation's shards (the other services wait on it then).
-    return LoggedSupervisor(settings, {s: 2 if s == "evaluator" else 1 for s in SERVICES})
-
 
 # --------------------------------------------------------------------------- the run
 
@@ -468,7 +314,7 @@ class Demo:
 
     async def _traffic(self, nc: Any, js: Any, settings: Any, adapter: str, rates: dict[int, float],
                        stop: asyncio.Event) -> None:
-        from lorafleet.shared.traffic import TrafficSimulator
+        from lorafleet.demo.traffic import TrafficSimulator
 
         sim = TrafficSimulator(nc, js, adapter, rates, run_id=f"demo{len(self.ab_started)}", seed=len(self.ab_started),
                                publish_timeout_s=settings.publish_timeout_s)
@@ -485,100 +331,7 @@ class Demo:
     # ---------------------------------------------------------------- summary
 
     async def summary(self, js: Any, settings: Any, cfg: Any) -> bool:
-        from rich.table import Table
-
-        console = self.console
-        console.rule("[bold]lorafleet demo: summary")
-        times = Table("stage", *[("retrain" if self.runs[r].reason == "retrain" else "first run") for r in self.order],
-                      title="stage times (s)")
-        for stage in ("tiny model", "startup"):
-            times.add_row(stage, f"{self.timings.get(stage, 0):.1f}", *[""] * (len(self.order) - 1))
-        rows = [stage_times(self.runs[r].events) for r in self.order]
-        for i, (stage, _, _) in enumerate(STAGES):
-            times.add_row(stage, *[(f"{row[i][1]:.1f}" if row[i][1] is not None else row[i][2]) for row in rows])
-        console.print(times)
-
-        ok = False
-        for r in self.order:
-            run = self.runs[r]
-            ev = run.events.get("adapter.evaluated")
-            name = "retrain" if run.reason == "retrain" else "first run"
-            if ev is None:
-                console.print(f"{name}: no evaluation" + (f" ({kind_of(run.failed)}: {run.failed.error[:300]})" if run.failed else ""))
-                continue
-            rates = pass_rates(ev)
-            table = Table("", "base", "adapter", "Δ (95% CI)", title=f"{name}: v{ev.version} on {rates['problems']} held-out problems")
-            table.add_row("pass@1 (sampled)", _f(rates["base"]), _f(rates["adapter"]),
-                          f"{_f(rates['delta'])} [{_f(rates['delta_low'])}, {_f(rates['delta_high'])}]")
-            table.add_row("greedy pass@1", _f(rates["base_greedy"]), _f(rates["adapter_greedy"]), "")
-            console.print(table)
-            gate = Table("criterion", "measured", "threshold", "passed", title=f"{name}: gate (from {self.config_path})")
-            for c in ev.gate:
-                gate.add_row(c.name, _f(c.measured), f"{c.comparison} {c.threshold:g}", "[green]yes[/green]" if c.passed else "[red]no[/red]")
-            console.print(gate)
-            console.print(f"{name}: [bold]{verdict(rates)}[/bold]")
-            if run.reason != "retrain":
-                ok = rates.get("delta_low") is not None and rates["delta_low"] > 0
-            if ev.report is not None:
-                path = await self._fetch_report(js, settings, ev)
-                console.print(f"{name}: report {path}")
-
-        if self.sim_stats:
-            sim = Table("arm", "requests", "successes", title=f"{_sim_label()} ({self.sim_sent} requests)")
-            for arm, (n, s) in sorted(self.sim_stats.items()):
-                sim.add_row(arm, str(n), str(s))
-            console.print(sim)
-        for d in self.decisions:
-            console.print(f"registry decision: {d.event_type} ({d.reason})")
-        await self._registry_table(js, cfg.adapter_name)
-        elapsed = time.monotonic() - self.t0
-        console.print(f"total {elapsed:.0f}s; logs in {self.data_dir / 'logs'}")
-        return ok
-
-    async def _fetch_report(self, js: Any, settings: Any, ev: Any) -> Path:
-        from lorafleet.shared.artifacts import open_store
-
-        dest = self.data_dir / "reports" / f"{ev.adapter_name}-v{ev.version}"
-        try:
-            store = open_store(settings, js=js)
-            await store.get_dir(ev.report, dest)
-        except Exception as exc:
-            log.warning("could not fetch the report %s: %s", ev.report.uri, exc)
-            return Path(ev.report.uri)
-        html = dest / "report.html"
-        return html if html.is_file() else dest
-
-    async def _registry_table(self, js: Any, adapter_name: str) -> None:
-        from rich.table import Table
-
-        try:
-            from lorafleet.services.registry.model import AdapterState
-            from lorafleet.services.registry.settings import RegistrySettings
-
-            kv = await js.key_value(RegistrySettings().bucket)
-            entry = await kv.get(f"adapter.{adapter_name}")
-            state = AdapterState.model_validate_json(entry.value)
-        except Exception as exc:
-            self.console.print(f"registry: no entry for {adapter_name} ({type(exc).__name__})")
-            return
-        table = Table("version", "status", "lora_int_id", "rank", "requests", "successes", "active",
-                      title=f"registry: {adapter_name}")
-        for v in sorted(state.versions.values(), key=lambda v: v.version):
-            table.add_row(f"v{v.version}", str(v.status), str(v.lora_int_id), str(v.rank), str(v.metrics.requests),
-                          str(v.metrics.successes), "[bold green]active[/bold green]" if state.active == v.version else "")
-        self.console.print(table)
-        self.console.print(f"active version: {('v' + str(state.active)) if state.active else 'none (the base model serves)'}"
-                           + (f"; A/B test running: v{state.ab.candidate}" if state.ab else ""))
-
-
-def _f(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def _sim_label() -> str:
-    from lorafleet.shared.traffic import LABEL
-
-    return LABEL
+        return await print_summary(self, js, settings, cfg)
 
 
 def run_demo(config: Path, data_dir: Path, timeout_s: float) -> int:

@@ -29,7 +29,7 @@ def demo(
     """The whole fleet on this machine: tiny model → train → evaluate → register → A/B on
     SIMULATED traffic → promote or roll back → automatic retrain; then a summary.
     Leaves no process behind (Ctrl-C included)."""
-    from lorafleet.shared.demo import run_demo
+    from lorafleet.demo.run import run_demo
 
     config = config or _default_config()
     if not config.is_file():

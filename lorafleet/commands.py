@@ -37,7 +37,7 @@ def serve(
     service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry")],
 ) -> None:
     """Run one service replica (start it N times for N replicas: they share one durable consumer)."""
-    from lorafleet.shared.bus import SERVICES, load_service
+    from lorafleet.fleet import SERVICES, load_service
     from lorafleet.shared.settings import get_settings
 
     if service not in SERVICES:
@@ -63,9 +63,9 @@ def up(
 
     Ctrl-C stops all of it and leaves no process behind.
     """
-    from lorafleet.shared.bus import SERVICES
+    from lorafleet.fleet import SERVICES
     from lorafleet.shared.settings import get_settings
-    from lorafleet.shared.cli_up import Supervisor
+    from lorafleet.up import Supervisor
 
     chosen = list(service or SERVICES)
     unknown = [s for s in chosen if s not in SERVICES]
@@ -87,7 +87,8 @@ def up(
 async def _status(settings: Any) -> dict[str, Any]:
     from nats.js.errors import NotFoundError
 
-    from lorafleet.shared.bus import ADVISORY_STREAM, SERVICES, connect, dlq_subject, resolve_servers
+    from lorafleet.fleet import SERVICES
+    from lorafleet.shared.bus import ADVISORY_STREAM, connect, dlq_subject, resolve_servers
     from lorafleet.shared.events import DLQ_PREFIX, STREAM
 
     nc = await connect(settings, name="lorafleet-status", reconnect_forever=False)
