@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 from nats.aio.msg import Msg
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from lorafleet.shared.bus import STREAM, dlq_subject, ensure_stream, keep_reconnecting, publish_event, quiet_error, resolve_servers, unreachable, while_leaderless
 from lorafleet.shared.dead_letters import make_dead_letter, message_metadata
@@ -29,7 +29,7 @@ from lorafleet.shared.service import Context, Service, outcomes_of
 from lorafleet.shared.settings import Settings
 from lorafleet.shared.telemetry import metrics
 from lorafleet.shared.telemetry.health import bound_port, start_health_server
-from lorafleet.shared.telemetry.tracing import configure_tracing, context_from_headers, shutdown_tracing, tracer
+from lorafleet.shared.telemetry.tracing import configure_tracing, consumer_span, shutdown_tracing
 
 log = logging.getLogger("lorafleet.bus")
 
@@ -39,6 +39,15 @@ def _framework_logger(service: str) -> logging.Logger:
     logger = logging.getLogger(f"lorafleet.bus.{service}")
     logger.setLevel(logging.WARNING)
     return logger
+
+
+@dataclasses.dataclass(frozen=True)
+class _HandlerMetrics:
+    handled: Any
+    failed: Any
+    redeliveries: Any
+    seconds: Any
+    in_flight: Any
 
 
 class Runner:
@@ -64,6 +73,7 @@ class Runner:
         self._inflight: set[asyncio.Task] = set()
         self._stopping = False
         self._health: Any = None
+        self._children: dict[str, _HandlerMetrics] = {}
         self.metrics_port: int | None = None  # where /metrics, /health, /ready answer (None: not served)
 
     async def start(self) -> None:
@@ -210,37 +220,47 @@ class Runner:
             await self._dead_letter(msg, "no_handler", f"service {service.name} has no handler for {msg.subject}", event)
             return
         _, fn = entry
-        labels = (service.name, event_type_of_subject(msg.subject))
+        event_type = event_type_of_subject(msg.subject)
+        m = self._metrics(event_type)
         meta = message_metadata(msg)
         if meta is not None and meta.num_delivered > 1:
-            metrics.REDELIVERIES.labels(*labels).inc()
+            m.redeliveries.inc()
         ctx = dataclasses.replace(self.ctx, msg=msg)
         # One span per delivery, a child of the span that published the event (its traceparent header).
-        with tracer().start_as_current_span(
-            f"{service.name} {labels[1]}", context=context_from_headers(msg.headers), kind=SpanKind.CONSUMER,
-            attributes={"lorafleet.event_id": event.event_id, "lorafleet.request_id": event.request_id,
-                        "messaging.message.delivery_count": meta.num_delivered if meta else 1},
-        ) as span:
+        with consumer_span(f"{service.name} {event_type}", msg.headers, {
+                "lorafleet.event_id": event.event_id, "lorafleet.request_id": event.request_id,
+                "messaging.message.delivery_count": meta.num_delivered if meta else 1}) as span:
             heartbeat = asyncio.create_task(self._heartbeat(msg))
-            metrics.IN_FLIGHT.labels(service.name).inc()
+            m.in_flight.inc()
             started = time.perf_counter()
             try:
                 for outcome in outcomes_of(await fn(event, ctx)):
                     await ctx.publish(outcome)
             except Exception as exc:
                 heartbeat.cancel()
-                metrics.EVENTS_FAILED.labels(*labels).inc()
+                m.failed.inc()
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
                 await self._failed(msg, event, exc)
                 return
             finally:
                 heartbeat.cancel()
-                metrics.IN_FLIGHT.labels(service.name).dec()
-                metrics.HANDLER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+                m.in_flight.dec()
+                m.seconds.observe(time.perf_counter() - started)
             await msg.ack()
-        metrics.EVENTS_HANDLED.labels(*labels).inc()
+        m.handled.inc()
         self.processed += 1
+
+    def _metrics(self, event_type: str) -> "_HandlerMetrics":
+        """This service's metric children for one event type, looked up once (labels() costs per call)."""
+        found = self._children.get(event_type)
+        if found is None:
+            labels = (self.service.name, event_type)
+            found = self._children[event_type] = _HandlerMetrics(
+                metrics.EVENTS_HANDLED.labels(*labels), metrics.EVENTS_FAILED.labels(*labels),
+                metrics.REDELIVERIES.labels(*labels), metrics.HANDLER_SECONDS.labels(*labels),
+                metrics.IN_FLIGHT.labels(self.service.name))
+        return found
 
     async def _heartbeat(self, msg: Msg) -> None:
         interval = self.settings.heartbeat_interval_s

