@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -122,12 +123,33 @@ async def _status(settings: Any) -> dict[str, Any]:
             })
         return {
             "servers": resolve_servers(settings),
+            "processes": await _processes(settings),
             "stream": {"name": STREAM, "messages": info.state.messages, "bytes": info.state.bytes,
                        "first_seq": info.state.first_seq, "last_seq": info.state.last_seq},
             "services": rows,
         }
     finally:
         await nc.close()
+
+
+async def _processes(settings: Any) -> list[dict[str, Any]]:
+    """The processes of this data directory's `lorafleet up`, each with its metrics URL and /ready answer."""
+    import aiohttp
+
+    from lorafleet.up import read_processes
+
+    rows = read_processes(settings.data_dir.resolve())
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async def ready(row: dict[str, Any]) -> None:
+            row["ready"] = None
+            if row.get("metrics_url"):
+                with contextlib.suppress(Exception):
+                    async with http.get(row["metrics_url"].removesuffix("/metrics") + "/ready") as resp:
+                        row["ready"] = resp.status == 200
+
+        await asyncio.gather(*(ready(r) for r in rows))
+    return rows
 
 
 def status(
@@ -156,6 +178,12 @@ def status(
         table.add_row(r["service"], str(r["pending"]), str(r["ack_pending"]), str(r["redelivered"]),
                       str(r["waiting_pulls"]), dead, str(r["max_delivery_advisories"]))
     console.print(table)
+    if report["processes"]:
+        procs = Table("process", "pid", "ready", "metrics")
+        for p in report["processes"]:
+            ready = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "?"}[p["ready"]]
+            procs.add_row(f"{p['service']}#{p['replica']}", str(p["pid"]), ready, p["metrics_url"] or "")
+        console.print(procs)
     console.print("[dim]pending: not yet delivered; in flight: delivered, not acked; pulls: replicas waiting for work; "
                   "DLQ: dead letters (lorafleet.v1.dlq.<service>); lost: max-delivery advisories[/dim]")
 

@@ -9,6 +9,7 @@ one that keeps crashing is given up on, loudly.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.settings import Settings
@@ -45,6 +47,7 @@ class Child:
     starts: list[float] = field(default_factory=list)
     next_start: float = 0.0
     given_up: bool = False
+    metrics_port: int | None = None
 
     @property
     def label(self) -> str:
@@ -82,13 +85,24 @@ class Supervisor:
 
     # ----------------------------------------------------------------- children
 
+    def child_env(self, child: Child, url: str) -> dict[str, str]:
+        """A child's environment; each process gets its own free metrics port (a new one at every restart)."""
+        from lorafleet.shared.nats_server import free_port
+
+        child.metrics_port = free_port()
+        return dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
+                    LORAFLEET_METRICS_PORT=str(child.metrics_port), PYTHONUNBUFFERED="1")
+
     def spawn(self, child: Child, url: str) -> None:
-        env = dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
-                   PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", child.service]
-        child.proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        child.proc = subprocess.Popen(cmd, env=self.child_env(child, url), start_new_session=True,
+                                      preexec_fn=_die_with_parent)
+        self.started(child)
+        log.info("started %s (pid %d, metrics http://127.0.0.1:%d/metrics)", child.label, child.proc.pid, child.metrics_port)
+
+    def started(self, child: Child) -> None:
         child.starts = [t for t in child.starts if t > time.monotonic() - RESTART_WINDOW_S] + [time.monotonic()]
-        log.info("started %s (pid %d)", child.label, child.proc.pid)
+        write_processes(self.settings.data_dir.resolve(), self.children)
 
     def check(self, url: str) -> None:
         now = time.monotonic()
@@ -153,9 +167,39 @@ class Supervisor:
 
                 self.server.stop()
                 clear_embedded_url(self.settings.data_dir.resolve())
+            (self.settings.data_dir.resolve() / PROCESSES_FILE).unlink(missing_ok=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("stopped")
+
+
+PROCESSES_FILE = "processes.json"
+
+
+def write_processes(data_dir: Path, children: list[Child]) -> None:
+    """What `lorafleet status` lists: each running process, its pid and its metrics URL (temp name, then rename)."""
+    rows = [{"service": c.service, "replica": c.replica, "pid": c.proc.pid,
+             "metrics_url": f"http://{_metrics_host()}:{c.metrics_port}/metrics" if c.metrics_port else None}
+            for c in children if c.proc is not None]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{PROCESSES_FILE}.tmp"
+    tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "processes": rows}, indent=1))
+    tmp.replace(data_dir / PROCESSES_FILE)
+
+
+def read_processes(data_dir: Path) -> list[dict]:
+    """The processes of a `lorafleet up` that is still running for `data_dir`, else []."""
+    try:
+        state = json.loads((data_dir / PROCESSES_FILE).read_text())
+        os.kill(int(state["supervisor_pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return list(state.get("processes", []))
+
+
+def _metrics_host() -> str:
+    host = os.environ.get("LORAFLEET_METRICS_HOST", "127.0.0.1")
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -25,6 +25,7 @@ from lorafleet.shared.events import (
     StageFailed,
 )
 from lorafleet.shared.settings import Settings
+from lorafleet.shared.telemetry.tracing import inject_headers
 
 log = logging.getLogger("lorafleet.bus")
 
@@ -160,7 +161,6 @@ async def ensure_infrastructure(settings: Settings) -> None:
 
 async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> api.PubAck:
     """Publish with `Nats-Msg-Id = event.event_id`: a second publish of the same id is recorded once."""
-    return await js.publish(
-        subject_of(event), event.to_bytes(), timeout=timeout, stream=STREAM,
-        headers={"Nats-Msg-Id": event.event_id, "Lorafleet-Event-Type": subject_of(event).removeprefix(SUBJECT_PREFIX + ".")},
-    )
+    headers = {"Nats-Msg-Id": event.event_id, "Lorafleet-Event-Type": subject_of(event).removeprefix(SUBJECT_PREFIX + ".")}
+    return await js.publish(subject_of(event), event.to_bytes(), timeout=timeout, stream=STREAM,
+                            headers=inject_headers(headers))  # + traceparent: the trace goes on downstream

@@ -14,10 +14,12 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import time
 import traceback
 from typing import Any
 
 from nats.aio.msg import Msg
+from opentelemetry.trace import StatusCode
 
 from lorafleet.shared.bus import STREAM, dlq_subject, ensure_stream, keep_reconnecting, publish_event, quiet_error, resolve_servers, unreachable, while_leaderless
 from lorafleet.shared.dead_letters import make_dead_letter, message_metadata
@@ -25,6 +27,9 @@ from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import Event, StageFailed, event_type_of_subject, parse_event
 from lorafleet.shared.service import Context, Service, outcomes_of
 from lorafleet.shared.settings import Settings
+from lorafleet.shared.telemetry import metrics
+from lorafleet.shared.telemetry.health import bound_port, start_health_server
+from lorafleet.shared.telemetry.tracing import configure_tracing, consumer_span, shutdown_tracing
 
 log = logging.getLogger("lorafleet.bus")
 
@@ -34,6 +39,15 @@ def _framework_logger(service: str) -> logging.Logger:
     logger = logging.getLogger(f"lorafleet.bus.{service}")
     logger.setLevel(logging.WARNING)
     return logger
+
+
+@dataclasses.dataclass(frozen=True)
+class _HandlerMetrics:
+    handled: Any
+    failed: Any
+    redeliveries: Any
+    seconds: Any
+    in_flight: Any
 
 
 class Runner:
@@ -58,6 +72,9 @@ class Runner:
         self._loop_task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self._stopping = False
+        self._health: Any = None
+        self._children: dict[str, _HandlerMetrics] = {}
+        self.metrics_port: int | None = None  # where /metrics, /health, /ready answer (None: not served)
 
     async def start(self) -> None:
         from faststream.nats import NatsBroker
@@ -65,6 +82,12 @@ class Runner:
         service, settings = self.service, self.settings
         if not service.handlers and not service.start_hooks:
             raise LorafleetError(f"service {service.name} has no handlers and no start hooks: nothing to run")
+        configure_tracing(service.name)
+        if settings.metrics_port is not None:  # first: /health answers while NATS is still being reached
+            self._health = await start_health_server(service.name, settings.metrics_host, settings.metrics_port,
+                                                     [self._not_ready, *service.readiness_checks])
+            self.metrics_port = bound_port(self._health)
+            log.info("%s: metrics on http://%s:%d/metrics", service.name, settings.metrics_host, self.metrics_port)
         servers = resolve_servers(settings)
         self.broker = broker = NatsBroker(
             servers, name=f"lorafleet-{service.name}", connect_timeout=settings.connect_timeout_s,
@@ -98,6 +121,15 @@ class Runner:
             self._sub = await js.pull_subscribe_bind(durable=service.name, stream=STREAM)
             self._loop_task = asyncio.create_task(self._consume(), name=f"lorafleet-{service.name}-consume")
         log.info("service %s consuming %s", service.name, ", ".join(service.subjects) or "(nothing)")
+
+    def _not_ready(self) -> str | None:
+        """/ready's own check: connected to NATS and, for a consuming service, bound to its consumer."""
+        nc = self.ctx.nc if self.ctx is not None else None
+        if nc is None or not nc.is_connected:
+            return "not connected to NATS"
+        if self.service.handlers and (self._sub is None or self._loop_task is None or self._loop_task.done()):
+            return f"not consuming from the {self.service.name} consumer"
+        return None
 
     async def _consume(self) -> None:
         """Keep `concurrency` handlers busy: pull only as many messages as there are free slots."""
@@ -169,6 +201,10 @@ class Runner:
         if self.broker is not None:
             await self.broker.stop()
             self.broker = None
+        if self._health is not None:
+            await self._health.cleanup()
+            self._health = None
+        shutdown_tracing()
 
     async def handle(self, msg: Msg) -> None:
         """The whole life of one delivery: parse, handle with heartbeat, publish, ack / nak / dead-letter."""
@@ -184,19 +220,47 @@ class Runner:
             await self._dead_letter(msg, "no_handler", f"service {service.name} has no handler for {msg.subject}", event)
             return
         _, fn = entry
+        event_type = event_type_of_subject(msg.subject)
+        m = self._metrics(event_type)
+        meta = message_metadata(msg)
+        if meta is not None and meta.num_delivered > 1:
+            m.redeliveries.inc()
         ctx = dataclasses.replace(self.ctx, msg=msg)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
-        try:
-            for outcome in outcomes_of(await fn(event, ctx)):
-                await ctx.publish(outcome)
-        except Exception as exc:
-            heartbeat.cancel()
-            await self._failed(msg, event, exc)
-            return
-        finally:
-            heartbeat.cancel()
-        await msg.ack()
+        # One span per delivery, a child of the span that published the event (its traceparent header).
+        with consumer_span(f"{service.name} {event_type}", msg.headers, {
+                "lorafleet.event_id": event.event_id, "lorafleet.request_id": event.request_id,
+                "messaging.message.delivery_count": meta.num_delivered if meta else 1}) as span:
+            heartbeat = asyncio.create_task(self._heartbeat(msg))
+            m.in_flight.inc()
+            started = time.perf_counter()
+            try:
+                for outcome in outcomes_of(await fn(event, ctx)):
+                    await ctx.publish(outcome)
+            except Exception as exc:
+                heartbeat.cancel()
+                m.failed.inc()
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
+                await self._failed(msg, event, exc)
+                return
+            finally:
+                heartbeat.cancel()
+                m.in_flight.dec()
+                m.seconds.observe(time.perf_counter() - started)
+            await msg.ack()
+        m.handled.inc()
         self.processed += 1
+
+    def _metrics(self, event_type: str) -> "_HandlerMetrics":
+        """This service's metric children for one event type, looked up once (labels() costs per call)."""
+        found = self._children.get(event_type)
+        if found is None:
+            labels = (self.service.name, event_type)
+            found = self._children[event_type] = _HandlerMetrics(
+                metrics.EVENTS_HANDLED.labels(*labels), metrics.EVENTS_FAILED.labels(*labels),
+                metrics.REDELIVERIES.labels(*labels), metrics.HANDLER_SECONDS.labels(*labels),
+                metrics.IN_FLIGHT.labels(self.service.name))
+        return found
 
     async def _heartbeat(self, msg: Msg) -> None:
         interval = self.settings.heartbeat_interval_s
@@ -227,6 +291,7 @@ class Runner:
     async def _dead_letter(self, msg: Msg, reason: str, error: str, event: Event | None = None) -> None:
         assert self.ctx is not None
         letter = make_dead_letter(self.service.name, msg, reason, error, event)
+        metrics.EVENTS_DEAD_LETTERED.labels(self.service.name, reason).inc()
         log.error("%s: dead-lettered %s (%s): %s", self.service.name, msg.subject, reason, error.splitlines()[0][:500])
         msg_id = f"dlq:{self.service.name}:{letter.stream_seq}" if letter.stream_seq else None
         await self.ctx.js.publish(

@@ -17,9 +17,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from lorafleet.shared.bus import publish_event
+from lorafleet.shared.bus import publish_event, subject_of
 from lorafleet.shared.events import EVENTS_BY_TYPE, FAILED_STAGES, SUBJECT_PREFIX, Event, StageFailed, subject_for
 from lorafleet.shared.settings import Settings, get_settings
+from lorafleet.shared.telemetry.metrics import EVENTS_PUBLISHED
 
 if TYPE_CHECKING:
     from lorafleet.shared.runner import Runner
@@ -46,7 +47,9 @@ class Context:
     broker: Any = None  # the FastStream NatsBroker (its publishers, kv/object-store helpers)
 
     async def publish(self, event: Event) -> api.PubAck:
-        return await publish_event(self.js, event, timeout=self.settings.publish_timeout_s)
+        ack = await publish_event(self.js, event, timeout=self.settings.publish_timeout_s)
+        EVENTS_PUBLISHED.labels(self.service, subject_of(event).removeprefix(SUBJECT_PREFIX + ".")).inc()
+        return ack
 
     async def in_progress(self) -> None:
         """Extend the ack deadline of the message being handled (the runner also does it periodically)."""
@@ -74,6 +77,8 @@ class Service:
         self.handlers: dict[str, tuple[type[Event], Handler]] = {}
         self.start_hooks: list[Callable[[Context], Awaitable[None]]] = []
         self.stop_hooks: list[Callable[[Context], Awaitable[None]]] = []
+        # Extra /ready checks (a dependency the service can't work without): None = fine, else the reason.
+        self.readiness_checks: list[Callable[[], str | None]] = []
 
     def handler(self, event_cls: type[E]) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     duplicate_window_s: float = Field(default=600.0, gt=0, description="JetStream Nats-Msg-Id dedup window")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="serve /metrics, /health, /ready on this port (0 = any free port; unset = off)")
+    metrics_host: str = Field(default="127.0.0.1", description="address of the metrics port (0.0.0.0 in a container)")
 
     @field_validator("nats_url")
     @classmethod

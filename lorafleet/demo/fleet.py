@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -63,13 +62,11 @@ def _supervisor(settings: Any, log_path: Path):
 
     class LoggedSupervisor(cli_up.Supervisor):
         def spawn(self, child: Any, url: str) -> None:
-            env = dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
-                       PYTHONUNBUFFERED="1")
             cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", child.service]
             with open(log_path, "ab") as fh:
-                child.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                child.proc = subprocess.Popen(cmd, env=self.child_env(child, url), stdout=fh, stderr=subprocess.STDOUT,
                                               start_new_session=True, preexec_fn=cli_up._die_with_parent)
-            child.starts = [t for t in child.starts if t > time.monotonic() - cli_up.RESTART_WINDOW_S] + [time.monotonic()]
+            self.started(child)
 
     # Two evaluator replicas share the evaluation's shards (the other services wait on it then).
     return LoggedSupervisor(settings, {s: 2 if s == "evaluator" else 1 for s in SERVICES})

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from lorafleet.services.evaluator.shards import EvalProgress, EvalSpec, plan_sha
 from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import EvaluationSection, GateSection, parse_config
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.telemetry import metrics as telemetry
 from lorafleet.shared.events import (
     AdapterEvaluated,
     AdapterTrained,
@@ -160,8 +162,10 @@ async def on_eval_shard_requested(event: EvalShardRequested, ctx: Context) -> li
     except LorafleetError as exc:
         return [_failed(event, str(exc), trained.adapter_name)]
     params = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+    started = time.monotonic()
     result = await run_evaluation(problems, backend, params, deps.judge, greedy=ev.greedy, chunk_size=ev.batch_size,
                                   evaluation_id=event.evaluation_id, shard_index=event.shard_index)
+    count_shard(result, time.monotonic() - started)
     result.meta["replica"] = deps.replica
     log.info("evaluation %s shard %d/%d: %d problems scored on %s", event.evaluation_id, event.shard_index + 1,
              event.shard_count, len(problems), deps.replica)
@@ -240,6 +244,9 @@ async def _aggregate(ctx: Context, progress: EvalProgress) -> AdapterEvaluated:
                                          resamples=ev.bootstrap_resamples, seed=ev.seed)
         report = await ctx.artifacts.put_dir(path, f"evaluations/{progress.evaluation_id}/report.tar")
     compact = {k: v for k, v in metrics.items() if k != "definitions"}
+    for variant in ("base", "adapter"):
+        if (compact.get(variant) or {}).get("pass@1") is not None:
+            telemetry.EVAL_PASS_AT_1.labels(service.name, trained.adapter_name, variant).set(compact[variant]["pass@1"])
     log.info("evaluation %s of %s v%d: gate %s", progress.evaluation_id, trained.adapter_name, trained.version,
              "passed" if all(c.passed for c in criteria) and criteria else "failed")
     return trained.follow(
@@ -249,3 +256,14 @@ async def _aggregate(ctx: Context, progress: EvalProgress) -> AdapterEvaluated:
         gate_passed=bool(criteria) and all(c.passed for c in criteria), gate=criteria, metrics=compact, report=report,
     )
 
+
+def count_shard(result: ShardResult, seconds: float) -> None:
+    """Prometheus: completions generated (and their rate) per model variant, sandbox runs by verdict."""
+    samples: dict[str, int] = {}
+    for problem in result.problems:
+        samples[problem.variant] = samples.get(problem.variant, 0) + len(problem.samples)
+        for sample in problem.samples:
+            telemetry.SANDBOX_RUNS.labels(service.name, sample.verdict).inc()
+    for variant, count in samples.items():
+        telemetry.EVAL_SAMPLES.labels(service.name, variant).inc(count)
+        telemetry.EVAL_SAMPLES_PER_S.labels(service.name, variant).set(count / max(seconds, 1e-9))

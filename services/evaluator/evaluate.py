@@ -18,6 +18,7 @@ from lorafleet.services.evaluator.backends.base import Backend
 from lorafleet.services.evaluator.models import GenRequest, LatencyRecord, SamplingParams, ShardResult, Variant
 from lorafleet.services.evaluator.scoring import Completion, JudgeFn, score
 from lorafleet.shared.problems import Problem
+from lorafleet.shared.telemetry.tracing import tracer
 
 
 def request_seed(seed: int, problem_id: str) -> int:
@@ -60,15 +61,20 @@ async def run_evaluation(
             completions: list[Completion] = []
             order = list(variants) if c % 2 == 0 else list(reversed(variants))
             for variant in order:
-                gens = await backend.generate(requests, variant, params)
+                with tracer().start_as_current_span("model.generate", attributes={
+                        "lorafleet.variant": variant, "lorafleet.requests": len(requests), "lorafleet.n": params.n}):
+                    gens = await backend.generate(requests, variant, params)
                 for req, gen in zip(requests, gens, strict=True):
                     latency.append(LatencyRecord(variant=variant, ttft_s=gen.ttft_s, tpot_s=gen.tpot_s,
                                                  output_tokens=round(sum(gen.output_tokens) / max(1, len(gen.output_tokens)))))
                     completions += [Completion(req.problem_id, variant, i, t, n) for i, (t, n) in enumerate(zip(gen.texts, gen.output_tokens))]
                 if greedy:
-                    for req, gen in zip(requests, await backend.generate(requests, variant, params.greedy()), strict=True):
+                    with tracer().start_as_current_span("model.generate", attributes={
+                            "lorafleet.variant": variant, "lorafleet.requests": len(requests), "lorafleet.greedy": True}):
+                        greedy_gens = await backend.generate(requests, variant, params.greedy())
+                    for req, gen in zip(requests, greedy_gens, strict=True):
                         completions.append(Completion(req.problem_id, variant, -1, gen.texts[0], gen.output_tokens[0]))
-            judging.append(asyncio.create_task(score(by_id, completions, judge)))
+            judging.append(asyncio.create_task(_judged(by_id, completions, judge)))
             done += len(chunk)
             if on_progress:
                 on_progress(done, len(problems))
@@ -78,3 +84,9 @@ async def run_evaluation(
             t.cancel()
     return ShardResult(evaluation_id=evaluation_id, shard_index=shard_index, problems=results, latency=latency,
                        backend=backend.name, meta={"params": params.model_dump(), "greedy": greedy})
+
+
+async def _judged(by_id: dict, completions: list, judge: JudgeFn) -> list:
+    """One chunk's programs through the sandbox, as a child span of the evaluation."""
+    with tracer().start_as_current_span("sandbox.judge", attributes={"lorafleet.programs": len(completions)}):
+        return await score(by_id, completions, judge)

@@ -21,9 +21,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from lorafleet.shared.bus import dlq_subject
 from lorafleet.shared.dead_letters import make_dead_letter
 from lorafleet.shared.events import STREAM, ProductionOutcome, parse_event, subject_for
+from lorafleet.shared.telemetry import metrics
 
 from .core import Outcome, RegistryError, apply_outcomes, check_name
 from .store import RegistryStore, now
+
 
 log = logging.getLogger(__name__)
 OUTCOME_SUBJECT = subject_for(ProductionOutcome.event_type)
@@ -114,6 +116,7 @@ class OutcomeRecorder:
                 name, lambda state, name=name, items=items: apply_outcomes(state, name, items, self.settings, now()))
             if change.state is not None:
                 self.counted += len(items) - len(change.dead)
+                count_outcomes(self.service, name, change.state, items, {seq for seq, _ in change.dead})
             for seq, reason in change.dead:
                 await self._dead_letter(by_seq[seq], "rejected", reason)
             if change.events:
@@ -139,3 +142,14 @@ class OutcomeRecorder:
             async with self._progress:
                 await self._progress.wait_for(lambda: self.last_seq >= seq)
         await asyncio.wait_for(reached(), timeout)
+
+
+def count_outcomes(service: str, name: str, state, items: list[Outcome], dead: set[int]) -> None:
+    """Prometheus counters of the outcomes just counted, by version and arm (bounded labels)."""
+    ab = state.ab
+    for o in items:
+        if o.seq in dead:
+            continue
+        arm = ("candidate" if o.version == ab.candidate else "control") if ab is not None else "active"
+        metrics.REGISTRY_OUTCOMES.labels(service, name, str(o.version), arm, "true" if o.success else "false").inc()
+    metrics.REGISTRY_AB_STATE.labels(service, name).set(1 if ab is not None else 0)

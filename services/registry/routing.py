@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorafleet.shared.events import ROUTE_SUBJECT
+from lorafleet.shared.telemetry import metrics
 
 from .core import RegistryError
 from .model import BASE_VERSION, AdapterState
@@ -85,8 +86,9 @@ def pick(table: RouteTable, request_key: str) -> RouteTarget:
 class Router:
     """In-process route cache over the registry bucket, kept fresh by a KV watch."""
 
-    def __init__(self, kv) -> None:
+    def __init__(self, kv, service: str = "registry") -> None:
         self.kv = kv
+        self._route_seconds = metrics.REGISTRY_ROUTE_SECONDS.labels(service)
         self.tables: dict[str, RouteTable] = {}
         self.revisions: dict[str, int] = {}
         self._watcher = None
@@ -95,10 +97,11 @@ class Router:
         self.ready = asyncio.Event()
 
     def route(self, adapter_name: str, request_key: str) -> RouteTarget:
-        table = self.tables.get(adapter_name)
-        if table is None:
-            raise RegistryError(f"unknown adapter {adapter_name!r}: nothing is registered under that name")
-        return pick(table, request_key)
+        with self._route_seconds.time():
+            table = self.tables.get(adapter_name)
+            if table is None:
+                raise RegistryError(f"unknown adapter {adapter_name!r}: nothing is registered under that name")
+            return pick(table, request_key)
 
     def apply(self, key: str, value: bytes | None, revision: int) -> None:
         if not key.startswith(KEY_PREFIX):

@@ -15,6 +15,8 @@ from lorafleet.services.trainer.bootstrap import bootstrap
 from lorafleet.shared.service import Context, Service
 from lorafleet.shared.config import parse_config
 from lorafleet.shared.errors import ConfigError
+from lorafleet.shared.telemetry import metrics
+from lorafleet.shared.telemetry.tracing import tracer
 from lorafleet.shared.events import AdapterTrained, DatasetEnriched, Event, StageFailed, TrainingProgress
 
 log = logging.getLogger("lorafleet.trainer")
@@ -45,7 +47,13 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
 
     loop = asyncio.get_running_loop()
 
+    gauges = {name: gauge.labels(service.name, config.adapter_name) for name, gauge in (
+        ("step", metrics.TRAINER_STEP), ("loss", metrics.TRAINER_LOSS), ("tokens_per_second", metrics.TRAINER_TOKENS_PER_S))}
+
     def on_progress(fields: dict) -> None:  # called from the training thread
+        for name, gauge in gauges.items():
+            if fields.get(name) is not None:
+                gauge.set(fields[name])
         index = fields["step"] * 2 + (1 if "eval_loss" in fields else 0)
         progress = event.follow(TrainingProgress, index, adapter_name=config.adapter_name, **fields)
         future = asyncio.run_coroutine_threadsafe(ctx.publish(progress), loop)
@@ -53,9 +61,12 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
             future.result(timeout=10)
 
     job = TrainJob(config=config, dataset_dir=dataset_dir, output_dir=job_dir / "adapter",
-                   checkpoint_dir=checkpoint_dir, on_progress=on_progress, judge=deps.judge)
+                   checkpoint_dir=checkpoint_dir, on_progress=on_progress, judge=deps.judge,
+                   on_checkpoint=metrics.TRAINER_CHECKPOINT_TIME.labels(service.name, config.adapter_name).set_to_current_time)
     try:
-        result = await asyncio.to_thread(train, job)
+        with tracer().start_as_current_span("trainer.train", attributes={"lorafleet.adapter": config.adapter_name,
+                                                                          "lorafleet.max_steps": config.training.max_steps}):
+            result = await asyncio.to_thread(train, job)
     except (TooFewExamples, OutOfMemory, ConfigError) as exc:
         return [failed(event, str(exc))]
 

@@ -77,8 +77,9 @@ class PassAtOneCallback(TrainerCallback):
 class ProgressCallback(TrainerCallback):
     """Calls `emit(dict)` at every log step and evaluation: step, total, loss, lr, tokens/s, eta."""
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None] | None):
+    def __init__(self, emit: Callable[[dict[str, Any]], None] | None, on_save: Callable[[], None] | None = None):
         self.emit = emit
+        self.on_save_fn = on_save
         self.started: float | None = None
         self.start_step = 0
         self.start_tokens = 0
@@ -104,6 +105,10 @@ class ProgressCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self._report(state, loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)))
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.on_save_fn is not None:
+            self.on_save_fn()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}

@@ -20,9 +20,17 @@ async def request_training(js, settings, cfg: TrainConfig) -> tuple[TrainRequest
     """Publish train.requested; returns it and its stream sequence (where following starts)."""
     from lorafleet.shared.bus import ensure_stream, publish_event
 
+    from lorafleet.shared.telemetry.tracing import configure_tracing, shutdown_tracing, tracer
+
     await ensure_stream(js, settings)
     event = make_request(cfg)
-    ack = await publish_event(js, event, timeout=settings.publish_timeout_s)
+    exporting = configure_tracing("cli")
+    # The root span of the run: every service's span for this request is its descendant.
+    with tracer().start_as_current_span("train.requested", attributes={
+            "lorafleet.request_id": event.request_id, "lorafleet.adapter": cfg.adapter_name}):
+        ack = await publish_event(js, event, timeout=settings.publish_timeout_s)
+    if exporting:
+        shutdown_tracing()
     return event, ack.seq
 
 

@@ -47,6 +47,7 @@ class TrainJob:
     checkpoint_dir: Path  # durable; a rerun with the same dir resumes
     on_progress: ProgressFn | None = None
     judge: Callable | None = None  # judge_many-compatible; None = the sandbox's
+    on_checkpoint: Callable[[], None] | None = None  # after each checkpoint is written (metrics)
 
 
 @dataclass
@@ -283,7 +284,7 @@ def train(job: TrainJob) -> TrainResult:
     # 3. trainer, callbacks (pass@1 before early stopping: it reads the metric we add)
     job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     args = sft_config(config, job.checkpoint_dir, has_eval)
-    callbacks = [ProgressCallback(job.on_progress)]
+    callbacks = [ProgressCallback(job.on_progress, on_save=job.on_checkpoint)]
     subset: list[Problem] = []
     if has_eval and v.metric == "pass_at_1":
         subset = random.Random(t.seed).sample(eval_problems, min(v.pass_at_1_problems, len(eval_problems)))

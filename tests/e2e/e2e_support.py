@@ -31,6 +31,7 @@ class Replica:
     index: int
     log: Path
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # this replica's own variables (e.g. its metrics port)
     kills: int = 0
     crashes: int = 0
 
@@ -53,11 +54,11 @@ class Fleet:
             **self.env,
         }
 
-    def start(self, service: str, count: int = 1) -> list[Replica]:
+    def start(self, service: str, count: int = 1, env: dict[str, str] | None = None) -> list[Replica]:
         started = []
         for _ in range(count):
             index = sum(r.service == service for r in self.replicas)
-            replica = Replica(service, index, self.data_dir / "logs" / f"{service}-{index}.log")
+            replica = Replica(service, index, self.data_dir / "logs" / f"{service}-{index}.log", env=dict(env or {}))
             self.replicas.append(replica)
             self._spawn(replica)
             started.append(replica)
@@ -68,7 +69,7 @@ class Fleet:
         with open(replica.log, "ab") as fh:
             replica.proc = subprocess.Popen(
                 [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", replica.service],
-                env=self._env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**self._env(), **replica.env}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
     def of(self, service: str) -> list[Replica]:

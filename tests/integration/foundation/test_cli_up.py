@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -39,7 +40,8 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
                                     capture_output=True, text=True, timeout=60)
             if status.returncode == 0:
                 report = json.loads(status.stdout)
-                if all(r["consumer"] and r["waiting_pulls"] >= 1 for r in report["services"] if r["service"] in SERVICES):
+                if all(r["consumer"] and r["waiting_pulls"] >= 1 for r in report["services"] if r["service"] in SERVICES) \
+                        and len(report["processes"]) == len(SERVICES) and all(p["ready"] for p in report["processes"]):
                     break
             time.sleep(1)
         else:
@@ -50,6 +52,12 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
         assert report["servers"] == [state["url"]]
         names = " ".join(" ".join(p.cmdline()) for p in family)
         assert "nats-server" in names and all(f"serve {s}" in names for s in SERVICES)
+        # Each process has its own metrics port, and it serves Prometheus text there.
+        urls = {p["service"]: p["metrics_url"] for p in report["processes"]}
+        assert set(urls) == set(SERVICES) and len(set(urls.values())) == len(SERVICES)
+        for url in urls.values():
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert b"lorafleet_events_handled_total" in resp.read()
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process group
         assert up.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-3000:]
@@ -61,5 +69,6 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
     alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     assert not (workdir / ".lorafleet" / "embedded-nats.json").exists()
+    assert not (workdir / ".lorafleet" / "processes.json").exists()
     after = subprocess.run([*LORAFLEET, "status"], cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert after.returncode == 2 and "lorafleet up" in after.stderr and "Traceback" not in after.stderr
