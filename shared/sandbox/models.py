@@ -36,7 +36,7 @@ ALL_LAYERS = (
 MiB = 1024 * 1024
 # A run may idle (sleep, wait for input or a lock) this long past its CPU time limit: the wall time it
 # gets, not counting time it spent runnable but waiting for a CPU (the machine's load, not the program).
-IDLE_SLACK_S = 0.5
+IDLE_SLACK_S = 0.3
 # The wall-clock ceiling whatever the load (a run starved of CPU can't hold its server for ever).
 CEILING_FACTOR, CEILING_EXTRA_S = 3, 5.0
 

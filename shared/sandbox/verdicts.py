@@ -138,8 +138,9 @@ def grade_calls(tests: list[TestCase], result: RunResult, nonce: str, time_s: fl
     grades: list[CallGrade] = []
     for i, test in enumerate(tests):
         if i not in lines:
-            grades.append(_ended_in(result, time_s))
-            grades += [None] * (len(tests) - i - 1)
+            if i == 0 or lines[i - 1][1] not in ("timeout", "error"):  # after a timeout (or an error under fail_fast) the driver ran no more tests
+                grades.append(_ended_in(result, time_s))
+            grades += [None] * (len(tests) - len(grades))
             break
         cpu_ms, status, data = lines[i]
         if status == "timeout":
