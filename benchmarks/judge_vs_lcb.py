@@ -106,7 +106,7 @@ CALL_WRAPPED = calls("five", [([0], [5])])  # APPS wraps a call's expected value
 CALL_COUNT = calls("bump", [([1], 1), ([2], 1), ([3], 1)])  # each test on a fresh Solution: one call each
 CALL_ISEVEN = calls("is_even", [([2], True), ([3], False)])
 
-HAND: list[tuple[str, list[TestCase], str]] = [
+HAND: list[tuple] = [  # (name, tests, program[, time limit: 1 s unless given])
     # big integers: exact, and printed as floats (issue 20)
     ("tri/ok", TRI, "n = int(input())\nprint(n * (n + 1) // 2)\n"),
     ("tri/float", TRI, "n = int(input())\nprint(n * (n + 1) / 2)\n"),
@@ -156,7 +156,7 @@ HAND: list[tuple[str, list[TestCase], str]] = [
     ("one/busy-0.2s", ONE, "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass\nprint(42)\n"),
     ("one/sleep-1.1s", ONE, "import time\ntime.sleep(1.1)\nprint(42)\n"),
     ("one/sleep-2s", ONE, "import time\ntime.sleep(2)\nprint(42)\n"),
-    ("one/memory-600MB", ONE, "x = bytearray(600 * 2**20)\nprint(42 + x[-1])\n"),
+    ("one/memory-600MB", ONE, "x = bytearray(600 * 2**20)\nprint(42 + x[-1])\n", 4.0),  # zeroing 600 MB takes time
     ("one/recursion-3000", ONE, "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\nprint(depth(3000) // 3000 * 42)\n"),
     ("one/implicit-import", ONE, "print(gcd(84, 126))\n"),
     ("one/infinity-word", stdio([("", "inf\n")]), "print('Infinity')\n"),
@@ -323,7 +323,7 @@ def humaneval_calls(rec: dict) -> list[TestCase]:
 
 
 def all_pairs(variants_every: int) -> list[Pair]:
-    hand = [Pair(f"own/{name}", tests, code) for name, tests, code in HAND]
+    hand = [Pair(f"own/{name}", tests, code, *rest) for name, tests, code, *rest in HAND]
     return fixture_pairs() + humaneval_pairs(variants_every) + hand
 
 

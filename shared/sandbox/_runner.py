@@ -212,7 +212,7 @@ def run_delay_s() -> float:
 def plain(value):
     """numpy (and other array-likes') scalars and arrays as plain Python values, nested too: `.tolist()`
     (an array, or a numpy scalar, which gives its Python value), else `.item()`; tuples become lists."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or type(value) in (bool, int, float, str):  # np.float64 is a float subclass: converted below
         return value
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
