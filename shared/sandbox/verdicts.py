@@ -138,14 +138,15 @@ def grade_calls(tests: list[TestCase], result: RunResult, nonce: str, time_s: fl
     grades: list[CallGrade] = []
     for i, test in enumerate(tests):
         if i not in lines:
-            if i == 0 or lines[i - 1][1] not in ("timeout", "error"):  # after a timeout (or an error under fail_fast) the driver ran no more tests
+            # after a timeout (or an error under fail_fast) the driver ran no more tests
+            if i == 0 or lines[i - 1][1] not in ("timeout", "error"):
                 grades.append(_ended_in(result, time_s))
             grades += [None] * (len(tests) - len(grades))
             break
         cpu_ms, status, data = lines[i]
         if status == "timeout":
-            grades.append(("time_limit", f"idle past {idle_s:g} s (time limit {time_s:g} s + slack) "
-                                         "of wall time not spent waiting for a CPU"))
+            grades.append(("time_limit", (f"idle past {idle_s:g} s (time limit {time_s:g} s + slack) "
+                                          "of wall time not spent waiting for a CPU")))
         elif status == "error":
             grades.append(("runtime_error", _json_text(data)))
         elif cpu_ms > time_s * 1000:
@@ -156,8 +157,10 @@ def grade_calls(tests: list[TestCase], result: RunResult, nonce: str, time_s: fl
 
 
 def _ended_in(result: RunResult, time_s: float) -> tuple[JudgeVerdict, str]:
-    if result.signal == _signal.SIGPROF or result.verdict == "time_limit":
-        return "time_limit", f"CPU time limit of {time_s:g} s exceeded" if result.verdict != "time_limit" else result.detail
+    if result.verdict == "time_limit":
+        return "time_limit", result.detail
+    if result.signal == _signal.SIGPROF:  # the driver's per-test CPU timer
+        return "time_limit", f"CPU time limit of {time_s:g} s exceeded"
     if result.verdict != "ok":
         return result.verdict, result.detail
     return "wrong_answer", "the program exited before the function was called"

@@ -1,5 +1,4 @@
 import pytest
-
 from lorafleet.shared.sandbox.compare import exact_match, outputs_match, tokens_match, values_match
 
 

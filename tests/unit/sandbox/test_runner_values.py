@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-
 from lorafleet.shared.sandbox._runner import plain
 from lorafleet.shared.sandbox.compare import values_match
 
