@@ -300,8 +300,10 @@ class Sandbox:
             cpu_ms += result.cpu_ms
             grades[i] = grade(test, result, nonce, exact)
         wall_ms = (time.monotonic() - t0) * 1000
-        passed = sum(1 for g in grades if g is not None and g[0] == "passed")
         failed = [(i, g) for i, g in enumerate(grades) if g is not None and g[0] != "passed"]
+        if fail_fast and failed:  # as if it had stopped there: a batch's later tests don't count
+            grades = grades[: failed[0][0]]
+        passed = sum(1 for g in grades if g is not None and g[0] == "passed")
         if not failed:
             return Judgement(verdict="passed", passed_tests=passed, total_tests=len(tests), wall_ms=wall_ms,
                              cpu_ms=cpu_ms, isolation=layers)
