@@ -38,7 +38,7 @@ def run_command(
     stdin: Annotated[Optional[str], typer.Option("--stdin", help="file fed to the program's stdin, or - for ours")] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", help="CPU seconds", min=0.01)] = 4.0,
     memory_mb: Annotated[int, typer.Option("--memory-mb", help="address space per process, MiB", min=32)] = 512,
-    wall_limit: Annotated[Optional[float], typer.Option("--wall-limit", help="wall seconds (default 2 x time + 1)")] = None,
+    wall_limit: Annotated[Optional[float], typer.Option("--wall-limit", help="wall-clock ceiling in seconds whatever the load (default 3 x time + 5); an idle run stops at time + 0.3 s of wall time not spent waiting for a CPU")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object")] = False,
     require_isolation: Annotated[bool, typer.Option(
         "--require-isolation", help="refuse to run unless every isolation layer is active")] = False,

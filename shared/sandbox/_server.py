@@ -216,15 +216,23 @@ class Server:
             watched.discard(fd)
             os.close(fd)
 
-        deadline = t0 + lim["wall_s"]
+        ceiling = t0 + lim["wall_s"]
+        idle_s = lim["idle_s"]
+        deadline = min(ceiling, t0 + idle_s) if idle_s else ceiling
         killed_for = None
         exited = None
         end = deadline
         while watched:
             now = time.monotonic()
             if exited is None and killed_for is None and now >= deadline:
-                killed_for = "wall"
-                self._kill_all(pid)
+                # Idle time is the wall time less the time the run waited for a CPU: a sleeper stops at
+                # idle_s, a program slowed by the machine's load gets its CPU time (its own limit).
+                idle = now - t0 - _run_delay_s(pid) if idle_s and now < ceiling else None
+                if idle is not None and idle < idle_s:
+                    deadline = end = min(ceiling, now + idle_s - idle)
+                else:
+                    killed_for = "wall" if idle is None else "idle"
+                    self._kill_all(pid)
             if exited is not None and now >= end:
                 break
             wait = 0.05 if killed_for is not None and exited is None else max(0.0, end - now)
@@ -367,6 +375,24 @@ def _discard(child: tuple[int, ...]) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+
+
+def _run_delay_s(pid: int) -> float:
+    """Seconds the run's main process's threads spent runnable but waiting for a CPU (the most of any
+    thread), from /proc/PID/task/*/schedstat; 0 where it can't be read. _runner.run_delay_s and
+    zygote.c's run_delay_s are the same."""
+    most = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                most = max(most, int(f.read().split()[1]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return most / 1e9
 
 
 def _descendants(root: int) -> list[int]:

@@ -15,20 +15,20 @@ import json
 import socket
 import struct
 
-REQUEST = struct.Struct("=IIddQQQQIIQQQ")  # magic, flags, cpu_s, wall_s, memory, fsize, stdout cap,
+REQUEST = struct.Struct("=IIddQQQQIIQQQ")  # magic, idle_ms, cpu_s, wall_s, memory, fsize, stdout cap,
 #                                            stderr cap, nofile, nproc, len(code), len(stdin), len(payload)
 RESPONSE = struct.Struct("=IiiIddqIIIIQQ")  # magic, exit code, signal, killed_for, wall_ms, cpu_ms, maxrss_kb,
 #                                             flags, len(setup), len(error), reserved, len(stdout), len(stderr)
 REQUEST_MAGIC = 0x4C465251  # "LFRQ"
 RESPONSE_MAGIC = 0x4C465253  # "LFRS"
 STDOUT_TRUNCATED, STDERR_TRUNCATED, EXITED, SIGNALED, SETUP_OK = 1, 2, 4, 8, 16
-KILLED_FOR = (None, "wall", "output")
+KILLED_FOR = (None, "wall", "output", "idle")  # idle: wall time not spent waiting for a CPU passed idle_s
 
 
 def pack_request(limits: dict, code: bytes, stdin: bytes, payload: bytes) -> bytes:
     """One request: `limits` as RunLimits.wire() gives it."""
     head = REQUEST.pack(
-        REQUEST_MAGIC, 0, float(limits["cpu_s"]), float(limits["wall_s"]), limits["memory_bytes"],
+        REQUEST_MAGIC, round(limits["idle_s"] * 1000), float(limits["cpu_s"]), float(limits["wall_s"]), limits["memory_bytes"],
         limits["fsize_bytes"], limits["stdout_cap"], limits["stderr_cap"], limits["nofile"], limits["nproc"],
         len(code), len(stdin), len(payload),
     )
@@ -37,11 +37,11 @@ def pack_request(limits: dict, code: bytes, stdin: bytes, payload: bytes) -> byt
 
 def unpack_request(raw: bytes) -> tuple[dict, int, int, int]:
     """(limits, len(code), len(stdin), len(payload)) of a request header."""
-    (magic, _flags, cpu_s, wall_s, memory, fsize, out_cap, err_cap, nofile, nproc, n_code, n_stdin,
+    (magic, idle_ms, cpu_s, wall_s, memory, fsize, out_cap, err_cap, nofile, nproc, n_code, n_stdin,
      n_payload) = REQUEST.unpack(raw)
     if magic != REQUEST_MAGIC:
         raise ValueError(f"not a sandbox request (magic {magic:#x})")
-    limits = {"cpu_s": cpu_s, "wall_s": wall_s, "memory_bytes": memory, "fsize_bytes": fsize,
+    limits = {"cpu_s": cpu_s, "idle_s": idle_ms / 1000, "wall_s": wall_s, "memory_bytes": memory, "fsize_bytes": fsize,
               "stdout_cap": out_cap, "stderr_cap": err_cap, "nofile": nofile, "nproc": nproc}
     return limits, n_code, n_stdin, n_payload
 

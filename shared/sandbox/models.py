@@ -34,15 +34,25 @@ ALL_LAYERS = (
 )
 
 MiB = 1024 * 1024
+# A run may idle (sleep, wait for input or a lock) this long past its CPU time limit: the wall time it
+# gets, not counting time it spent runnable but waiting for a CPU (the machine's load, not the program).
+IDLE_SLACK_S = 0.3
+# The wall-clock ceiling whatever the load (a run starved of CPU can't hold its server for ever).
+CEILING_FACTOR, CEILING_EXTRA_S = 3, 5.0
 
 
 class RunLimits(BaseModel):
-    """Limits of one run. CPU time is the verdict's clock; the wall clock is the backstop for sleepers."""
+    """Limits of one run. CPU time is the verdict's clock. A run that idles (sleeps, waits) is stopped once
+    its wall time, less the time it spent waiting for a CPU, passes time_s + IDLE_SLACK_S (`idle_s`);
+    `wall_s` is a plain wall-clock ceiling on top."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     time_s: float = Field(default=4.0, gt=0, le=600, description="CPU seconds (RLIMIT_CPU plus a measured check)")
-    wall_s: float | None = Field(default=None, gt=0, le=1200, description="wall clock; default 2 x time_s + 1")
+    wall_s: float | None = Field(default=None, gt=0, le=1200,
+                                 description="wall-clock ceiling whatever the load; default 3 x time_s + 5")
+    idle_slack_s: float = Field(default=IDLE_SLACK_S, ge=0, le=60,
+                                description="how long past time_s a run may idle (see idle_s)")
     memory_mb: int = Field(default=512, ge=32, le=65536, description="address space per process (RLIMIT_AS)")
     output_bytes: int = Field(default=4 * MiB, ge=1024, description="stdout cap, enforced while reading")
     stderr_bytes: int = Field(default=256 * 1024, ge=1024, description="stderr cap, enforced while reading")
@@ -59,11 +69,25 @@ class RunLimits(BaseModel):
 
     @property
     def effective_wall_s(self) -> float:
-        return self.wall_s if self.wall_s is not None else 2 * self.time_s + 1
+        return self.wall_s if self.wall_s is not None else CEILING_FACTOR * self.time_s + CEILING_EXTRA_S
+
+    @property
+    def idle_s(self) -> float:
+        """Wall time not spent waiting for a CPU that a run may take: time_s + idle_slack_s."""
+        return self.time_s + self.idle_slack_s
+
+    def for_tests(self, n: int) -> RunLimits:
+        """The limits of one run that holds n tests (call tests run together): each limit n times over.
+        The driver enforces each test's own share (see _runner._run_calls)."""
+        if n <= 1:
+            return self
+        return self.model_copy(update={"time_s": n * self.time_s, "idle_slack_s": n * self.idle_slack_s,
+                                       "wall_s": n * self.effective_wall_s})
 
     def wire(self) -> dict:
         return {
             "cpu_s": self.time_s,
+            "idle_s": self.idle_s,
             "wall_s": self.effective_wall_s,
             "memory_bytes": self.memory_mb * MiB,
             "fsize_bytes": self.file_size_mb * MiB,

@@ -24,7 +24,7 @@ from lorafleet.shared.sandbox import _server, _wire
 from lorafleet.shared.sandbox._server import IMAGES
 from lorafleet.shared.sandbox.images import image_for
 from lorafleet.shared.sandbox.models import ALL_LAYERS, Judgement, RunLimits, RunResult
-from lorafleet.shared.sandbox.verdicts import grade, run_result
+from lorafleet.shared.sandbox.verdicts import CallGrade, grade, grade_calls, run_result
 from lorafleet.shared.sandbox.zygote_build import engine_setting, zygote_library
 
 SERVER_PATH = Path(_server.__file__).resolve()
@@ -240,9 +240,10 @@ class Sandbox:
 
     # -------------------------------------------------------------- runs
 
-    def _execute(self, code: str, stdin: str, limits: RunLimits, test: dict | None, nonce: str) -> RunResult:
+    def _execute(self, code: str, stdin: str, limits: RunLimits, spec: dict | None) -> RunResult:
+        """One run; spec is the test driver's payload ({"test" | "calls", "nonce", ...}), None for a plain run."""
         try:
-            server = self._acquire(image_for(code, test))
+            server = self._acquire(image_for(code, spec))
         except ServerDied as e:
             return RunResult(verdict="sandbox_error", detail=str(e))
         if limits.require_isolation:
@@ -255,7 +256,7 @@ class Sandbox:
                     f"refusing to run: isolation layers unavailable: {', '.join(missing)} "
                     f"({how}, or drop --require-isolation)"
                 )
-        payload = json.dumps({"test": test, "nonce": nonce}).encode() if test is not None else b""
+        payload = json.dumps(spec).encode() if spec is not None else b""
         try:
             head, out, err = server.execute(code, stdin, limits, payload)
         except ServerDied as e:
@@ -265,37 +266,64 @@ class Sandbox:
         return run_result(head, out, err, limits, list(server.layers))
 
     def run(self, code: str, stdin: str = "", limits: RunLimits | None = None) -> RunResult:
-        return self._execute(code, stdin, limits or RunLimits(), None, "")
+        return self._execute(code, stdin, limits or RunLimits(), None)
 
     def judge(self, code: str, tests: Sequence[TestCase], limits: RunLimits | None = None, exact: bool = False,
               fail_fast: bool = True) -> Judgement:
-        """Run every test (stopping at the first failure unless fail_fast=False); the first failure decides."""
+        """Run the tests (stopping at the first failure unless fail_fast=False); the first failure decides.
+
+        A problem's call tests run together in one process (a fresh `Solution()` per test, as LeetCode
+        does; see _judge_calls); stdio and assert tests one process each.
+        """
         limits = limits or RunLimits()
         t0 = time.monotonic()
-        passed, cpu_ms, first_fail, layers = 0, 0.0, None, []
         if not tests:
             return Judgement(verdict="sandbox_error", passed_tests=0, total_tests=0, detail="no tests to judge")
+        grades: list[CallGrade] = [None] * len(tests)
+        cpu_ms, layers = 0.0, []
+        calls = [i for i, t in enumerate(tests) if t.kind == "call"]
+        if calls:
+            result, call_grades = self._judge_calls(code, [tests[i] for i in calls], limits, exact, fail_fast)
+            cpu_ms, layers = result.cpu_ms, result.isolation
+            for i, g in zip(calls, call_grades):
+                grades[i] = g
         for i, test in enumerate(tests):
+            if test.kind == "call":
+                continue
+            if any(g is not None and g[0] != "passed" for g in grades) and (
+                    fail_fast or any(g is not None and g[0] in ("time_limit", "sandbox_error") for g in grades)):
+                break
             nonce = secrets.token_hex(16)
-            stdin, wire = _wire_test(test)
-            result = self._execute(code, stdin, limits, wire, nonce)
+            stdin, spec = _wire_test(test, nonce)
+            result = self._execute(code, stdin, limits, spec)
             layers = result.isolation
             cpu_ms += result.cpu_ms
-            verdict, detail = grade(test, result, nonce, exact)
-            if verdict == "passed":
-                passed += 1
-                continue
-            if first_fail is None:
-                first_fail = (i, verdict, detail)
-            if fail_fast or verdict in ("time_limit", "sandbox_error"):
-                break
+            grades[i] = grade(test, result, nonce, exact)
         wall_ms = (time.monotonic() - t0) * 1000
-        if first_fail is None:
+        failed = [(i, g) for i, g in enumerate(grades) if g is not None and g[0] != "passed"]
+        if fail_fast and failed:  # as if it had stopped there: a batch's later tests don't count
+            grades = grades[: failed[0][0]]
+        passed = sum(1 for g in grades if g is not None and g[0] == "passed")
+        if not failed:
             return Judgement(verdict="passed", passed_tests=passed, total_tests=len(tests), wall_ms=wall_ms,
                              cpu_ms=cpu_ms, isolation=layers)
-        i, verdict, detail = first_fail
+        i, (verdict, detail) = failed[0]
         return Judgement(verdict=verdict, passed_tests=passed, total_tests=len(tests), detail=f"test {i}: {detail}",
                          wall_ms=wall_ms, cpu_ms=cpu_ms, failed_test=i, isolation=layers)
+
+    def _judge_calls(self, code: str, tests: list[TestCase], limits: RunLimits, exact: bool,
+                     fail_fast: bool) -> tuple[RunResult, list[CallGrade]]:
+        """One problem's call tests in one run: the run holds len(tests) times each limit, the driver
+        gives each test its own time_s and idle_s (_runner._run_calls)."""
+        nonce = secrets.token_hex(16)
+        for t in tests:
+            if not t.fn_name:
+                raise LorafleetError("a 'call' test needs fn_name")
+        spec = {"calls": [{"fn_name": t.fn_name, "args": json.dumps(t.args or [])} for t in tests], "nonce": nonce,
+                "time_s": limits.time_s, "idle_s": limits.idle_s, "stop_on_error": fail_fast}
+        run_limits = limits.for_tests(len(tests))
+        result = self._execute(code, "", run_limits, spec)
+        return result, grade_calls(tests, result, nonce, limits.time_s, limits.idle_s, exact)
 
     def judge_many(self, items: Iterable[JudgeItem], limits: RunLimits | None = None, workers: int | None = None,
                    exact: bool = False, fail_fast: bool = True) -> list[Judgement]:
@@ -353,17 +381,13 @@ def map_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> li
     return results
 
 
-def _wire_test(test: TestCase) -> tuple[str, dict | None]:
-    """(stdin, the driver's test spec) for one test case."""
+def _wire_test(test: TestCase, nonce: str) -> tuple[str, dict | None]:
+    """(stdin, the driver's payload) for one stdio or assert test (call tests: Sandbox._judge_calls)."""
     if test.kind == "stdio":
         return test.input or "", None
-    if test.kind == "call":
-        if not test.fn_name:
-            raise LorafleetError("a 'call' test needs fn_name")
-        return "", {"kind": "call", "fn_name": test.fn_name, "args": json.dumps(test.args or [])}
     if not test.script:
         raise LorafleetError("an 'assert' test needs script")
-    return "", {"kind": "assert", "script": test.script, "entry_point": test.entry_point}
+    return "", {"test": {"kind": "assert", "script": test.script, "entry_point": test.entry_point}, "nonce": nonce}
 
 
 _default: Sandbox | None = None

@@ -30,6 +30,9 @@ def run_result(head: dict, stdout: bytes, stderr: bytes, limits: RunLimits, laye
         verdict, detail = "output_limit", f"{which} exceeded {cap} bytes"
     elif head["killed_for"] == "wall":
         verdict, detail = "time_limit", f"wall clock exceeded {limits.effective_wall_s:g} s"
+    elif head["killed_for"] == "idle":
+        verdict, detail = "time_limit", (f"idle past {limits.idle_s:g} s (time limit + {limits.idle_slack_s:g} s) "
+                                         "of wall time not spent waiting for a CPU")
     elif sig == _signal.SIGXCPU or (sig == _signal.SIGKILL and cpu_ms >= limits.time_s * 900) or cpu_ms > limits.time_s * 1000:
         # SIGXCPU is RLIMIT_CPU's soft limit, SIGKILL (with the CPU spent) its hard one.
         verdict, detail = "time_limit", f"CPU time limit of {limits.time_s:g} s exceeded"
@@ -101,15 +104,83 @@ def grade(test: TestCase, result: RunResult, nonce: str, exact: bool = False) ->
         if payload is None and result.verdict == "ok":
             return "wrong_answer", "the program exited before the tests ran"
         return "wrong_answer", err or "assertion failed"
-    if payload is None:
-        return "wrong_answer", "the program exited before the function was called"
+    raise ValueError(f"call tests are graded together: grade_calls, not grade ({test.kind!r})")
+
+
+CallGrade = tuple[JudgeVerdict, str] | None  # None: the test never ran (an earlier one ended the run)
+
+
+def call_lines(stdout: str, nonce: str) -> dict[int, tuple[float, str, str]]:
+    """{test index: (cpu_ms, status, data)} from the driver's lines (see _runner._run_calls)."""
+    found = {}
+    for line in stdout.split("\n"):
+        if not line.startswith(nonce + " "):
+            continue
+        parts = line[len(nonce) + 1:].split(" ", 3)
+        try:
+            i, cpu_ms, status = int(parts[0]), float(parts[1]), parts[2]
+        except (IndexError, ValueError):
+            continue
+        found.setdefault(i, (cpu_ms, status, parts[3] if len(parts) > 3 else ""))
+    return found
+
+
+def grade_calls(tests: list[TestCase], result: RunResult, nonce: str, time_s: float, idle_s: float,
+                exact: bool = False) -> list[CallGrade]:
+    """The verdict of each of one problem's call tests, all run in one process (result). Pure.
+
+    A test's own line decides it (its CPU above time_s is a time limit); the first test without a line
+    is the one the run ended in: the run's verdict, a time limit when the per-test CPU timer (SIGPROF)
+    ended it, and wrong_answer when the program left early (sys.exit) with the run ok. The tests after
+    it never ran.
+    """
+    lines = call_lines(result.stdout, nonce)
+    grades: list[CallGrade] = []
+    for i, test in enumerate(tests):
+        if i not in lines:
+            # after a timeout (or an error under fail_fast) the driver ran no more tests
+            if i == 0 or lines[i - 1][1] not in ("timeout", "error"):
+                grades.append(_ended_in(result, time_s))
+            grades += [None] * (len(tests) - len(grades))
+            break
+        cpu_ms, status, data = lines[i]
+        if status == "timeout":
+            grades.append(("time_limit", (f"idle past {idle_s:g} s (time limit {time_s:g} s + slack) "
+                                          "of wall time not spent waiting for a CPU")))
+        elif status == "error":
+            grades.append(("runtime_error", _json_text(data)))
+        elif cpu_ms > time_s * 1000:
+            grades.append(("time_limit", f"CPU time limit of {time_s:g} s exceeded ({cpu_ms:.0f} ms)"))
+        else:
+            grades.append(_grade_value(test, data, exact))
+    return grades
+
+
+def _ended_in(result: RunResult, time_s: float) -> tuple[JudgeVerdict, str]:
+    if result.verdict == "time_limit":
+        return "time_limit", result.detail
+    if result.signal == _signal.SIGPROF:  # the driver's per-test CPU timer
+        return "time_limit", f"CPU time limit of {time_s:g} s exceeded"
+    if result.verdict != "ok":
+        return result.verdict, result.detail
+    return "wrong_answer", "the program exited before the function was called"
+
+
+def _grade_value(test: TestCase, data: str, exact: bool) -> tuple[JudgeVerdict, str]:
     try:
-        value: Any = json.loads(payload)
+        value: Any = json.loads(data)
     except json.JSONDecodeError:
-        return "wrong_answer", f"return value is not JSON: {_clip(payload)!r}"
+        return "wrong_answer", f"return value is not JSON: {_clip(data)!r}"
     if values_match(value, test.expected, exact):
         return "passed", ""
-    return "wrong_answer", f"expected {_clip(json.dumps(test.expected))}, got {_clip(payload)}"
+    return "wrong_answer", f"expected {_clip(json.dumps(test.expected))}, got {_clip(data)}"
+
+
+def _json_text(data: str) -> str:
+    try:
+        return str(json.loads(data))
+    except json.JSONDecodeError:
+        return data
 
 
 def _clip(s: str, n: int = 200) -> str:

@@ -56,6 +56,7 @@
 #define SETUP_OK 16u
 #define KILLED_WALL 1u
 #define KILLED_OUTPUT 2u
+#define KILLED_IDLE 3u /* wall time less the time spent waiting for a CPU passed idle_ms */
 #define SETUP_FD 3
 #define REQUEST_FD 4
 #define CHUNK 65536
@@ -70,7 +71,7 @@
 #endif
 
 typedef struct __attribute__((packed)) {
-    uint32_t magic, flags;
+    uint32_t magic, idle_ms;
     double cpu_s, wall_s;
     uint64_t memory_bytes, fsize_bytes, stdout_cap, stderr_cap;
     uint32_t nofile, nproc;
@@ -417,6 +418,37 @@ static void discard(child_t *c) { /* a spawned child that gets no request (root,
 
 /* ------------------------------------------------------------------ one run, server side */
 
+/* Seconds the run's main process's threads spent runnable but waiting for a CPU (the most of any thread),
+ * from /proc/PID/task/{*}/schedstat (its second field, ns); 0 where it can't be read. Read only when a
+ * deadline comes, never per run. Same as _server.py's _run_delay_s. */
+static double run_delay_s(pid_t pid) {
+    char path[300], line[128], ents[2048];
+    unsigned long long most = 0;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return 0;
+    long n;
+    while ((n = syscall(SYS_getdents64, dfd, ents, sizeof ents)) > 0) {
+        for (long off = 0; off < n;) {
+            struct dirent64 *e = (struct dirent64 *)(ents + off);
+            off += e->d_reclen;
+            if (e->d_name[0] == '.') continue;
+            snprintf(path, sizeof path, "%s/schedstat", e->d_name);
+            int fd = openat(dfd, path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t k = read(fd, line, sizeof line - 1);
+            close(fd);
+            unsigned long long on_cpu, waited;
+            if (k > 0) {
+                line[k] = 0;
+                if (sscanf(line, "%llu %llu", &on_cpu, &waited) == 2 && waited > most) most = waited;
+            }
+        }
+    }
+    close(dfd);
+    return most / 1e9;
+}
+
 typedef struct {
     request_t req;
     buf_t code, in, payload, out, err;
@@ -486,14 +518,26 @@ static void watch(child_t *c, run_t *r) {
     }
     if (sent >= r->in.len) { close(w0); w0 = -1; }
 
-    double t0 = now_s(), deadline = t0 + q->wall_s, end = deadline, t1 = t0;
+    double t0 = now_s(), ceiling = t0 + q->wall_s, idle_s = q->idle_ms / 1000.0, t1 = t0;
+    double deadline = idle_s > 0 && t0 + idle_s < ceiling ? t0 + idle_s : ceiling, end = deadline;
     int pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
     int out = c->r1, err = c->r2, exited = 0, status = 0;
     struct rusage ru = {0};
     uint32_t killed = 0;
     while (out >= 0 || err >= 0 || pidfd >= 0 || w0 >= 0) {
         double now = now_s();
-        if (!exited && !killed && now >= deadline) { killed = KILLED_WALL; kill_all(); }
+        if (!exited && !killed && now >= deadline) {
+            /* Idle time is the wall time less the time the run waited for a CPU: a sleeper stops at
+             * idle_s, a program slowed by the machine's load gets its CPU time (its own limit). */
+            int by_idle = idle_s > 0 && now < ceiling;
+            double idle = by_idle ? now - t0 - run_delay_s(c->pid) : 0;
+            if (by_idle && idle < idle_s) {
+                deadline = end = now + idle_s - idle < ceiling ? now + idle_s - idle : ceiling;
+            } else {
+                killed = by_idle ? KILLED_IDLE : KILLED_WALL;
+                kill_all();
+            }
+        }
         if (exited && now >= end) break;
         double wait = killed && !exited ? 0.05 : (end - now > 0 ? end - now : 0);
         struct pollfd pf[4];
