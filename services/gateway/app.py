@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 ROUTE_HEADER = "x-lorafleet-route-key"
 FEEDBACK_SUBJECT = "lorafleet.rpc.v1.gateway.feedback"  # core NATS, outside the stream (like the route subject)
 READY_LINE = "gateway listening on"
+REQUEST_ID = web.RequestKey("lorafleet_request_id", str)
+RESPONSE = web.RequestKey("lorafleet_response", web.StreamResponse)
 
 
 class Gateway:
@@ -64,12 +66,16 @@ class Gateway:
         self.tasks.append(asyncio.create_task(self._housekeeping()))
         self._sub = await self.nc.subscribe(FEEDBACK_SUBJECT, cb=self.on_forwarded_feedback)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
             except Exception:
                 pass
+        try:  # answers already sent still get their outcome
+            await asyncio.wait_for(self.queue.join(), grace_s)
+        except asyncio.TimeoutError:
+            log.warning("stopping with %d request(s) not judged: they get no outcome", self.queue.qsize())
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -90,8 +96,8 @@ class Gateway:
         except core.ApiError as exc:
             self.stats["errors"] += 1
             headers = dict(exc.headers)
-            if "request_id" in request:
-                headers["x-request-id"] = request["request_id"]
+            if REQUEST_ID in request:
+                headers["x-request-id"] = request[REQUEST_ID]
             return web.json_response(exc.body(), status=exc.status, headers=headers)
 
     @web.middleware
@@ -187,7 +193,7 @@ class Gateway:
     async def _serve(self, request: web.Request, kind: str) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         self.stats["requests"] += 1
         body = core.parse_json(await request.read())
         parsed = core.parse_chat(body) if kind == "chat" else core.parse_completion(body)
@@ -208,12 +214,12 @@ class Gateway:
         path = "/chat/completions" if kind == "chat" else "/completions"
         texts = await self._forward(request, parsed, table, target, path, headers)
         if texts is None or target is None:
-            return request["response"]
+            return request[RESPONSE]
         latency_ms = (time.perf_counter() - started) * 1000
         self._record(core.Pending(request_id=request_id, adapter=parsed.model, version=target.version, route_key=key,
                                   latency_ms=latency_ms, problem=parsed.problem, texts=texts, tests=parsed.tests,
                                   created=time.monotonic()), parsed.limits)
-        return request["response"]
+        return request[RESPONSE]
 
     async def _backend_model(self, backend, table: RouteTable | None, target: RouteTarget | None, model: str) -> str:
         if target is None:
@@ -271,14 +277,14 @@ class Gateway:
         if resp.status != 200:
             out = web.Response(body=data, status=resp.status, headers=headers,
                                content_type=resp.content_type or "application/json")
-            request["response"] = out
+            request[RESPONSE] = out
             return None
         answer = json.loads(data)
         answer["model"] = parsed.model
         out = web.json_response(answer, headers=headers)
         await out.prepare(request)
         await out.write_eof()
-        request["response"] = out
+        request[RESPONSE] = out
         return core.answer_texts(parsed.kind, answer)
 
     async def _relay_stream(self, request, resp, parsed: core.Parsed, model: str, headers: dict[str, str],
@@ -286,7 +292,7 @@ class Gateway:
         out = web.StreamResponse(status=200, headers={**headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
         await out.prepare(request)
-        request["response"] = out
+        request[RESPONSE] = out
         text = core.StreamText(parsed.kind)
         ours, theirs = json.dumps(parsed.model).encode(), json.dumps(model).encode()
         rest = b""
@@ -452,6 +458,15 @@ async def start_gateway(settings: Settings | None = None, gateway: GatewaySettin
 
 
 async def _close_parts(gateway_obj, publisher, router, session, nc) -> None:
+    if gateway_obj is not None:
+        await gateway_obj.stop()
+        gateway_obj = None
+    if publisher is not None and len(publisher.spool) and nc.is_connected:
+        try:  # leave nothing in the spool if the bus is there (a pod's emptyDir goes with it)
+            await asyncio.wait_for(publisher.drain(), 10.0)
+        except Exception as exc:
+            log.warning("%d outcome(s) stay in the spool %s (%s): the next start publishes them",
+                        len(publisher.spool), publisher.spool.dir, exc)
     for part in (gateway_obj, publisher, router):
         if part is not None:
             try:

@@ -44,7 +44,9 @@ def backend_url(tiny) -> str:
     """`lorafleet model serve` (a real process) on a free port, for the whole session."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lorafleet.cli", "model", "serve", str(tiny["base"]), "--name", "tiny", "--port", "0"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        # One torch thread: on a shared 2-core machine a second spinning thread only slows generation down.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 180
         line = ""

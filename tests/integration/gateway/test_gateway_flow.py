@@ -28,7 +28,7 @@ NAME = "py-ab"
 TESTS = [{"kind": "stdio", "input": "1\n", "output": "4\n"}, {"kind": "stdio", "input": "5\n", "output": "8\n"}]
 OUTCOMES = "lorafleet.v1.production.outcome"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 async def stream_outcomes(js) -> list[dict]:
@@ -77,7 +77,7 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
         # ---- the split: 160 users, judged answers (tests attached), small generations
         sem = asyncio.Semaphore(8)
 
-        async def ask(user: str, tests=TESTS, max_tokens: int = 4, **extra):
+        async def ask(user: str, tests=TESTS, max_tokens: int = 2, **extra):
             async with sem:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=NAME, messages=MSG, user=user, max_tokens=max_tokens, temperature=0,

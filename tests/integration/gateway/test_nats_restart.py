@@ -22,7 +22,7 @@ NAME = "py-restart"
 REQUESTS = 200
 TESTS = [{"kind": "stdio", "input": "2\n", "output": "5\n"}]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 async def test_nats_restart_loses_and_duplicates_nothing(settings, registry, backend_url, tiny, nats_server):
