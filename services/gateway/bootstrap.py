@@ -20,11 +20,11 @@ Judge = Callable[[str, list[TestCase], "Limits | None"], object]
 
 
 def sandbox_judge(code: str, tests: list[TestCase], limits: Limits | None) -> object:
-    """Every test run (no stop at the first failure: the confidence rule counts the passes)."""
+    """Stops at the first failing test: the outcome rule needs "all passed" or "one failed", not the count."""
     from lorafleet.shared.sandbox import RunLimits, default_sandbox
 
     run_limits = RunLimits.from_problem(limits) if limits is not None else None
-    return default_sandbox().judge(code, tests, run_limits, False, False)
+    return default_sandbox().judge(code, tests, run_limits, False, True)
 
 
 @dataclass

@@ -57,8 +57,10 @@ class EchoBackend:
                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                                "finish_reason": "stop"}]})
 
-    async def models(self, request):
-        return web.json_response({"data": [{"id": "echo-base", "parent": None}]})
+    async def models(self, request):  # like vLLM: the base model and every LoRA loaded at run time
+        loaded = {b["lora_name"] for b in self.loads} - {b["lora_name"] for b in self.unloads}
+        return web.json_response({"data": [{"id": "echo-base", "parent": None},
+                                           *({"id": name, "parent": "echo-base"} for name in sorted(loaded))]})
 
     async def load(self, request):
         self.loads.append(await request.json())
@@ -93,7 +95,7 @@ async def post(url: str, body, headers=None):
     async with aiohttp.ClientSession() as s:
         kwargs = {"data": body} if isinstance(body, (bytes, str)) else {"json": body}
         async with s.post(url, headers=headers or {}, **kwargs) as r:
-            return r.status, dict(r.headers), await r.json(content_type=None)
+            return r.status, r.headers.copy(), await r.json(content_type=None)
 
 
 @pytest.fixture

@@ -73,7 +73,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
         js = nc.jetstream()
         await wait_route(gw.gateway, NAME, candidate=2)
 
-        print(f"PHASE {time.monotonic():.1f} the split: 160 users, judged a", flush=True)
         # ---- the split: 160 users, judged answers (tests attached), small generations
         sem = asyncio.Semaphore(8)
 
@@ -96,7 +95,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
         ids = {h["x-request-id"] for h, _ in answers}
         assert len(ids) == len(users)
 
-        print(f"PHASE {time.monotonic():.1f} sticky: the same key always la", flush=True)
         # ---- sticky: the same key always lands on the same version (body `user` or the header)
         again = await asyncio.gather(*(ask(u, tests=None) for u in users[:12]))
         assert [int(h["x-lorafleet-version"]) for h, _ in again] == [versions[u] for u in users[:12]]
@@ -106,7 +104,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
                                   json={"model": NAME, "messages": MSG, "max_tokens": 2}) as r:
                     assert r.status == 200 and int(r.headers["x-lorafleet-version"]) == versions[u]
 
-        print(f"PHASE {time.monotonic():.1f} judged outcomes: one per reque", flush=True)
         # ---- judged outcomes: one per request, the request id as event id, counted once by the registry
         outcomes = await wait_outcomes(js, len(users))
         assert len(outcomes) == len(users) and {o["event_id"] for o in outcomes} == ids
@@ -123,7 +120,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
             assert state.versions[v].metrics.requests == sum(x == v for x in versions.values())
         assert state.versions[2].metrics.successes == 0
 
-        print(f"PHASE {time.monotonic():.1f} feedback: no tests; the client", flush=True)
         # ---- feedback: no tests; the client reports; once only
         fb = []
         for i in range(4):
@@ -162,7 +158,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
         consumer = await js.consumer_info(STREAM, "registry")
         assert consumer.num_pending == 0 and consumer.num_redelivered == 0
 
-        print(f"PHASE {time.monotonic():.1f} streaming gives the same greed", flush=True)
         # ---- streaming gives the same greedy text as the plain answer, through the openai client
         user = users[0]
         plain = (await ask(user, tests=None, max_tokens=8))[1].choices[0].message.content
@@ -171,7 +166,6 @@ async def test_ab_routing_outcomes_and_feedback(settings, registry, backend_url,
         pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
         assert "".join(pieces) == plain
 
-        print(f"PHASE {time.monotonic():.1f} completions, models, base-mode", flush=True)
         # ---- completions, models, base-model passthrough
         raw = await client.completions.with_raw_response.create(model=NAME, prompt="n = int(input())", max_tokens=3,
                                                                 user=user, temperature=0)
