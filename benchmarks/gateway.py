@@ -115,6 +115,20 @@ async def load(url: str, n: int, concurrency: int, stream: bool, user_prefix: st
 # --------------------------------------------------------------------------- setup
 
 
+async def wait_up(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url + "/models") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
+
+
 async def register(settings, tmp: Path) -> None:
     from lorafleet.services.registry import core
     from lorafleet.services.registry.model import AdapterInfo
@@ -183,6 +197,7 @@ async def main(args) -> None:
             port = free_port()
             procs.append(subprocess.Popen([sys.executable, __file__, "--fake-backend", str(port)], start_new_session=True))
             direct = f"http://127.0.0.1:{port}/v1"
+            await wait_up(direct)
             await register(settings, tmp)
             gw, url = spawn_gateway({"LORAFLEET_NATS_URL": server.url, "LORAFLEET_DATA_DIR": str(tmp / "data"),
                                      "LORAFLEET_GATEWAY_PORT": "0", "LORAFLEET_GATEWAY_BACKENDS": direct,

@@ -16,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY lorafleet ./lorafleet
 COPY shared ./shared
 COPY services ./services
-RUN pip install --no-cache-dir ./ \
+RUN pip install --no-cache-dir "./[gateway]" \
     && useradd --create-home --uid 10001 lorafleet \
     && mkdir -p /var/lib/lorafleet/gateway && chown -R lorafleet /var/lib/lorafleet
 # The sandbox's C engine (judging attached tests), compiled here so the image needs no compiler.

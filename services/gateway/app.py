@@ -81,7 +81,8 @@ class Gateway:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=32 * 1024 * 1024)
+        middlewares = [self._errors, self._auth] if self.keys else [self._errors]
+        app = web.Application(middlewares=middlewares, client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.on_chat_completions)
         app.router.add_post("/v1/completions", self.on_completions)
         app.router.add_get("/v1/models", self.on_models)
@@ -212,13 +213,14 @@ class Gateway:
             if parsed.model not in self.backends.bases():
                 raise core.unknown_model(parsed.model, self.router.tables, self.backends.bases())
         path = "/chat/completions" if kind == "chat" else "/completions"
-        texts = await self._forward(request, parsed, table, target, path, headers)
-        if texts is None or target is None:
+        answer = await self._forward(request, parsed, table, target, path, headers)
+        if answer is None or target is None:
             return request[RESPONSE]
         latency_ms = (time.perf_counter() - started) * 1000
         self._record(core.Pending(request_id=request_id, adapter=parsed.model, version=target.version, route_key=key,
-                                  latency_ms=latency_ms, problem=parsed.problem, texts=texts, tests=parsed.tests,
-                                  created=time.monotonic()), parsed.limits)
+                                  latency_ms=latency_ms, problem=parsed.problem, answer=answer, tests=parsed.tests,
+                                  created=time.monotonic(), kind=parsed.kind, streamed=parsed.stream, n=parsed.n),
+                     parsed.limits)
         return request[RESPONSE]
 
     async def _backend_model(self, backend, table: RouteTable | None, target: RouteTarget | None, model: str) -> str:
@@ -233,8 +235,8 @@ class Gateway:
         return base
 
     async def _forward(self, request: web.Request, parsed: core.Parsed, table, target, path: str,
-                       headers: dict[str, str]) -> list[str] | None:
-        """Send the request to a backend and the answer to the client; the answer's texts, or None."""
+                       headers: dict[str, str]) -> bytes | None:
+        """Send the request to a backend and the answer to the client; the answer as relayed, or None."""
         tried: set[str] = set()
         reloaded = False
         while True:
@@ -272,29 +274,28 @@ class Gateway:
                 backend.in_flight -= 1
                 resp.release()
 
-    async def _relay(self, request, resp, parsed: core.Parsed, model: str, headers: dict[str, str]) -> list[str] | None:
+    async def _relay(self, request, resp, parsed: core.Parsed, model: str, headers: dict[str, str]) -> bytes | None:
         data = await resp.read()
         if resp.status != 200:
-            out = web.Response(body=data, status=resp.status, headers=headers,
-                               content_type=resp.content_type or "application/json")
-            request[RESPONSE] = out
+            request[RESPONSE] = web.Response(body=data, status=resp.status, headers=headers,
+                                             content_type=resp.content_type or "application/json")
             return None
-        answer = json.loads(data)
-        answer["model"] = parsed.model
-        out = web.json_response(answer, headers=headers)
+        if model != parsed.model:  # the client sees the model it asked for (a quoted JSON string can't occur
+            data = data.replace(json.dumps(model).encode(), json.dumps(parsed.model).encode())  # inside another)
+        out = web.Response(body=data, headers=headers, content_type="application/json")
         await out.prepare(request)
         await out.write_eof()
         request[RESPONSE] = out
-        return core.answer_texts(parsed.kind, answer)
+        return data
 
     async def _relay_stream(self, request, resp, parsed: core.Parsed, model: str, headers: dict[str, str],
-                            backend) -> list[str] | None:
+                            backend) -> bytes | None:
         out = web.StreamResponse(status=200, headers={**headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
         await out.prepare(request)
         request[RESPONSE] = out
-        text = core.StreamText(parsed.kind)
         ours, theirs = json.dumps(parsed.model).encode(), json.dumps(model).encode()
+        kept: list[bytes] = []
         rest = b""
         try:
             async for chunk in resp.content.iter_any():
@@ -302,16 +303,18 @@ class Gateway:
                 cut = data.rfind(b"\n") + 1  # whole lines only: a model name is never split
                 whole, rest = data[:cut], data[cut:]
                 if whole:
-                    text.feed(whole)
-                    await out.write(whole.replace(theirs, ours) if theirs != ours else whole)
+                    if theirs != ours:
+                        whole = whole.replace(theirs, ours)
+                    kept.append(whole)
+                    await out.write(whole)
             if rest:
-                text.feed(rest)
-                await out.write(rest.replace(theirs, ours))
+                kept.append(rest.replace(theirs, ours))
+                await out.write(kept[-1])
         except (aiohttp.ClientPayloadError, *CONNECT_ERRORS) as exc:
             self.backends.mark_dead(backend, f"stream broke: {type(exc).__name__}")
             return None  # the answer is incomplete: no outcome
         await out.write_eof()
-        return text.texts(parsed.n)
+        return b"".join(kept)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -495,7 +498,13 @@ def run(settings: Settings | None = None, gateway: GatewaySettings | None = None
         finally:
             await running.stop()
 
-    asyncio.run(main())
+    try:  # the `gateway` extra: a faster event loop (the same code runs on asyncio's own)
+        import uvloop
+    except ImportError:
+        log.info("uvloop is not installed (pip install 'lorafleet[gateway]'): running on asyncio's event loop")
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 def spawn_gateway(env: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:

@@ -310,10 +310,21 @@ class Pending:
     route_key: str
     latency_ms: float
     problem: str
-    texts: list[str]  # the answer's text per choice
+    answer: bytes  # the backend's answer as relayed (JSON, or the SSE stream): parsed only when needed
     tests: list[TestCase] | None
     created: float  # monotonic
+    kind: Literal["chat", "completion"] = "chat"
+    streamed: bool = False
+    n: int = 1
     state: Literal["waiting", "judging", "done"] = "waiting"
+    _texts: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def texts(self) -> list[str]:
+        """The answer's text per choice."""
+        if self._texts is None:
+            self._texts = texts_of(self.kind, self.streamed, self.answer, self.n)
+        return self._texts
 
     def outcome(self, success: bool, confidence: float, choice: int = 0) -> ProductionOutcome:
         solution = extract_code(self.texts[choice]) if choice < len(self.texts) else None
@@ -384,6 +395,18 @@ def parse_feedback(body: dict[str, Any]) -> tuple[str, bool, float]:
 
 
 # --------------------------------------------------------------------------- answers
+
+
+def texts_of(kind: str, streamed: bool, raw: bytes, n: int) -> list[str]:
+    """The text per choice of a relayed answer (a JSON body, or an SSE stream)."""
+    if streamed:
+        stream = StreamText(kind)
+        stream.feed(raw)
+        return stream.texts(n)
+    try:
+        return answer_texts(kind, json.loads(raw))
+    except (ValueError, AttributeError):
+        return []
 
 
 def answer_texts(kind: str, response: dict[str, Any]) -> list[str]:

@@ -147,8 +147,9 @@ def test_confidence_rule():
 
 
 def entry(rid="r1", tests=None, created=0.0, texts=("```python\nprint(1)\n```",)):
+    answer = json.dumps({"choices": [{"index": i, "message": {"content": t}} for i, t in enumerate(texts)]}).encode()
     return Pending(request_id=rid, adapter="python-lora", version=2, route_key="u1", latency_ms=12.3456,
-                   problem="print 1", texts=list(texts), tests=tests, created=created)
+                   problem="print 1", answer=answer, tests=tests, created=created)
 
 
 def test_outcome_event_uses_the_request_id_and_the_chosen_choice():
@@ -217,3 +218,6 @@ def test_answer_texts_and_stream_text():
     for i in range(0, len(raw), 7):  # arbitrary chunk boundaries
         s.feed(raw[i:i + 7])
     assert s.texts(2) == ["hello", "x"]
+    assert core.texts_of("chat", True, raw, 1) == ["hello", "x"]
+    assert core.texts_of("completion", False, b'{"choices": [{"index": 0, "text": "t"}]}', 1) == ["t"]
+    assert core.texts_of("chat", False, b"not json", 1) == []
