@@ -85,6 +85,9 @@ class Supervisor:
     def spawn(self, child: Child, url: str) -> None:
         env = dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
                    PYTHONUNBUFFERED="1")
+        base_port = os.environ.get("LORAFLEET_GATEWAY_PORT", "8400")
+        if child.service == "gateway" and child.replica and base_port.isdigit() and int(base_port):
+            env["LORAFLEET_GATEWAY_PORT"] = str(int(base_port) + child.replica)  # --scale gateway=N: 8400, 8401, ...
         cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", child.service]
         child.proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         child.starts = [t for t in child.starts if t > time.monotonic() - RESTART_WINDOW_S] + [time.monotonic()]

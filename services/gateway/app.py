@@ -441,7 +441,7 @@ async def start_gateway(settings: Settings | None = None, gateway: GatewaySettin
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         backends = Backends(gw.backends, session, artifacts, deps.adapter_dir, gw.backend_retry_s)
         await backends.refresh()
-        publisher = OutcomePublisher(nc, js, Spool(deps.spool_dir, gw.spool_max), gw.publish_timeout_s).start()
+        publisher = OutcomePublisher(nc, js, Spool.claim(deps.spool_dir, gw.spool_max), gw.publish_timeout_s).start()
         gateway_obj = Gateway(deps, nc, js, router, backends, publisher)
         await gateway_obj.start()
         runner = web.AppRunner(gateway_obj.app(), access_log=None, handle_signals=False)

@@ -32,11 +32,32 @@ class Spool:
     def __init__(self, directory: Path, max_entries: int) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = None
         self.max_entries = max_entries
         for stale in self.dir.glob(".*.tmp"):  # a write cut short by a crash: never acknowledged to anyone
             stale.unlink(missing_ok=True)
         self._names = {p.name for p in self.dir.glob(f"*{SUFFIX}")}
         self.dropped = 0
+
+    @classmethod
+    def claim(cls, root: Path, max_entries: int) -> "Spool":
+        """The first of root/0, root/1, ... that no other live process holds (flock): replicas sharing a
+        data directory never share a spool, and a restarted one takes over what a dead one left."""
+        import fcntl
+
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1024):
+            lock = open(root / f"{i}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            spool = cls(root / str(i), max_entries)
+            spool._lock = lock  # held for the life of the process
+            return spool
+        raise RuntimeError(f"no free spool under {root}: 1024 gateway processes hold one")
 
     def __len__(self) -> int:
         return len(self._names)

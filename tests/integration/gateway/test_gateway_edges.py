@@ -212,3 +212,31 @@ async def test_judged_outcomes_hostile_programs_fail_and_a_correct_one_reaches_t
         finally:
             await gw.stop()
             await store.nc.close()
+
+
+async def test_feedback_reaches_the_replica_that_served_the_request(settings, tmp_path, echo):
+    store = await registered(settings, tmp_path)
+    a = await start_gateway(settings, GatewaySettings(port=0, backends=[echo.url]))
+    b = await start_gateway(settings, GatewaySettings(port=0, backends=[echo.url], spool_dir=tmp_path / "spool-b"))
+    try:
+        status, headers, _ = await post(a.url + "/chat/completions", {
+            "model": NAME, "messages": [{"role": "user", "content": "```python\nprint(7)\n```"}]})
+        rid = headers["x-request-id"]
+        assert status == 200
+        status, _, body = await post(b.url + "/feedback", {"request_id": rid, "success": True, "confidence": 0.97})
+        assert status == 202 and body["status"] == "accepted"  # forwarded to replica a over NATS
+        status, _, body = await post(b.url + "/feedback", {"request_id": rid, "success": False})
+        assert status == 409
+        status, _, _ = await post(b.url + "/feedback", {"request_id": "nobody-served-this", "success": True})
+        assert status == 404
+        deadline = time.monotonic() + 30
+        while not (outcomes := await stream_outcomes(store.js)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        outcomes = await stream_outcomes(store.js)
+        assert [(o["request_id"], o["success"], o["confidence"], o["solution"]) for o in outcomes] == [
+            (rid, True, 0.97, "print(7)")]
+    finally:
+        await a.stop()
+        await b.stop()
+        await store.nc.close()

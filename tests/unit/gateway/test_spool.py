@@ -39,3 +39,13 @@ def test_a_damaged_file_is_set_aside(tmp_path):
     spool = Spool(tmp_path, max_entries=10)
     assert spool.load("junk.json") is None and len(spool) == 0 and (tmp_path / "junk.json.bad").exists()
     assert spool_name("a/b..c") == "a_b__c.json"
+
+
+def test_processes_never_share_a_spool_and_a_free_one_is_reused(tmp_path):
+    first = Spool.claim(tmp_path, 10)
+    second = Spool.claim(tmp_path, 10)  # the first still holds its lock
+    assert first.dir != second.dir
+    first.put(outcome(1))
+    first._lock.close()  # its process ended
+    again = Spool.claim(tmp_path, 10)
+    assert again.dir == first.dir and len(again) == 1  # what it left is published by the next owner
