@@ -232,7 +232,7 @@ async def main(args) -> None:
             print(f"judged outcomes/s ({len(TESTS)} tests each, {args.workers} sandbox workers): gateway {judged:.1f}, "
                   f"sandbox alone {own:.1f} (ratio {judged / own:.2f})")
         finally:
-            for proc in procs:
+            for proc in reversed(procs):  # the gateway first: it would log its backend going away
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGTERM)
                     try:
