@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 from aiohttp import web
 
 NAME = "bench-lora"
@@ -81,6 +82,11 @@ def fake_backend(port: int) -> None:
 
 
 # --------------------------------------------------------------------------- load
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -210,15 +216,23 @@ async def main(args) -> None:
                   f"{os.cpu_count()} CPUs (shared)")
             print(f"{'mode':<10}{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | {'gateway rps':>11} {'p50':>7} "
                   f"{'p99':>7} | {'added p50':>9} {'added p99':>9} {'ratio':>6}")
+            backend_proc, gateway_proc = psutil.Process(procs[0].pid), psutil.Process(gw.pid)
+            cpu_notes = []
             for stream in (False, True):
                 for conc in (1, 64):
                     n = args.requests if conc > 1 else max(200, args.requests // 4)
+                    b0 = cpu_s(backend_proc)
                     d = await load(direct, n, conc, stream, "d")
+                    b1, g1 = cpu_s(backend_proc), cpu_s(gateway_proc)
                     g = await load(url, n, conc, stream, "g")
+                    b2, g2 = cpu_s(backend_proc), cpu_s(gateway_proc)
                     mode = "stream" if stream else "plain"
                     print(f"{mode:<10}{conc:>5} | {d['rps']:>10.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
                           f"{g['rps']:>11.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} | "
                           f"{g['p50_ms'] - d['p50_ms']:>9.2f} {g['p99_ms'] - d['p99_ms']:>9.2f} {g['rps'] / d['rps']:>6.2f}")
+                    cpu_notes.append(f"{mode} c{conc}: backend {1000 * (b1 - b0) / n:.2f} ms direct, "
+                                     f"{1000 * (b2 - b1) / n:.2f} ms via gateway; gateway {1000 * (g2 - g1) / n:.2f} ms")
+            print("CPU per request (user+sys): " + "; ".join(cpu_notes))
 
             before = await count_outcomes(settings)
             t0 = time.perf_counter()
