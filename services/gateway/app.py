@@ -237,7 +237,8 @@ class Gateway:
     async def _forward(self, request: web.Request, parsed: core.Parsed, table, target, path: str,
                        headers: dict[str, str]) -> bytes | None:
         """Send the request to a backend and the answer to the client; the answer as relayed, or None."""
-        tried: set[str] = set()
+        # unrouted: only the backends that serve the base model asked for
+        tried = {b.url for b in self.backends.states if b.bases and parsed.model not in b.bases} if target is None else set()
         reloaded = False
         while True:
             backend = self.backends.choose(tried)

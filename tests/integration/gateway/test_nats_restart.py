@@ -14,8 +14,9 @@ from test_gateway_flow import stream_outcomes
 
 from lorafleet.services.gateway.app import start_gateway
 from lorafleet.services.gateway.settings import GatewaySettings
+from lorafleet.services.registry import core as registry_core
 from lorafleet.services.registry.settings import RegistrySettings
-from lorafleet.services.registry.store import RegistryStore
+from lorafleet.services.registry.store import RegistryStore, now
 from lorafleet.shared.bus import connect
 
 NAME = "py-restart"
@@ -76,6 +77,11 @@ async def test_nats_restart_loses_and_duplicates_nothing(settings, registry, bac
                     break
                 await asyncio.sleep(0.2)
             assert counted == REQUESTS
+            # the gateway's route table still follows the registry after the restart
+            await store.apply(NAME, lambda s: registry_core.stop_ab(s, NAME, now()))
+            while gw.gateway.router.tables[NAME].candidate is not None and time.monotonic() < deadline + 30:
+                await asyncio.sleep(0.1)
+            assert gw.gateway.router.tables[NAME].candidate is None, "the KV watch did not survive the restart"
         finally:
             await nc.close()
     finally:
