@@ -36,8 +36,9 @@ class EchoBackend:
     def __init__(self) -> None:
         self.loads: list[dict] = []
         self.unloads: list[dict] = []
+        self.served = 0
 
-    async def start(self) -> "EchoBackend":
+    async def start(self, port: int = 0) -> "EchoBackend":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -45,12 +46,13 @@ class EchoBackend:
         app.router.add_post("/v1/unload_lora_adapter", self.unload)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
         self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
         return self
 
     async def chat(self, request):
+        self.served += 1
         body = await request.json()
         text = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
         return web.json_response({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -239,4 +241,40 @@ async def test_feedback_reaches_the_replica_that_served_the_request(settings, tm
     finally:
         await a.stop()
         await b.stop()
+        await store.nc.close()
+
+
+
+async def get_json(url: str) -> dict:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return await r.json()
+
+
+async def test_least_in_flight_and_a_dead_backend_is_skipped_then_used_again(settings, tmp_path):
+    store = await registered(settings, tmp_path)
+    one, two = await EchoBackend().start(), await EchoBackend().start()
+    gw = await start_gateway(settings, GatewaySettings(port=0, backends=[one.url, two.url], backend_retry_s=1,
+                                                       reconcile_s=0.3))
+    msg = {"model": NAME, "messages": [{"role": "user", "content": "print(1)"}]}
+    health = gw.url.removesuffix("/v1") + "/health"
+    try:
+        for _ in range(10):
+            assert (await post(gw.url + "/chat/completions", msg))[0] == 200
+        assert one.served == two.served == 5  # idle backends: ties alternate
+        port = int(two.url.rsplit(":", 1)[1].split("/")[0])
+        await two.runner.cleanup()  # backend two goes away
+        for _ in range(6):
+            assert (await post(gw.url + "/chat/completions", msg))[0] == 200  # all answered, by backend one
+        assert one.served == 11 and (await get_json(health))["backends"][1]["up"] is False
+        two = await EchoBackend().start(port)  # back, as a fresh process without the adapter
+        deadline = time.monotonic() + 30
+        while not all(b["up"] for b in (await get_json(health))["backends"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for _ in range(4):
+            assert (await post(gw.url + "/chat/completions", msg))[0] == 200
+        assert two.served >= 1 and [b["lora_name"] for b in two.loads] == [f"{NAME}:v1"]  # loaded again
+    finally:
+        await gw.stop()
+        await one.runner.cleanup()
+        await two.runner.cleanup()
         await store.nc.close()
