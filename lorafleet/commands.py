@@ -52,7 +52,7 @@ def serve(
         try:
             svc = load_service(service)
         except LorafleetError:
-            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}") from None
+            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES + SERVERS)}") from None
     else:
         svc = load_service(service)
     settings = get_settings()
