@@ -394,6 +394,22 @@ def parse_feedback(body: dict[str, Any]) -> tuple[str, bool, float]:
     return request_id, success, float(confidence)
 
 
+# --------------------------------------------------------------------------- spool
+
+
+def spool_name(event_id: str) -> str:
+    """File name of a spooled outcome: its id (a uuid; anything else is made safe)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in event_id)
+    return f"{safe}.json"
+
+
+def spool_admit(held: set[str], name: str, max_entries: int) -> Literal["have", "full", "add"]:
+    """Whether an outcome goes into the spool: already there (its id), no room, or add it."""
+    if name in held:
+        return "have"
+    return "full" if len(held) >= max_entries else "add"
+
+
 # --------------------------------------------------------------------------- answers
 
 

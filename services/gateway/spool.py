@@ -18,14 +18,10 @@ from pathlib import Path
 from lorafleet.shared.bus import publish_event
 from lorafleet.shared.events import ProductionOutcome
 
+from .core import spool_admit, spool_name
+
 log = logging.getLogger(__name__)
 SUFFIX = ".json"
-
-
-def spool_name(event_id: str) -> str:
-    """File name of an outcome: its id (a uuid; anything else is made safe)."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in event_id)
-    return f"{safe}{SUFFIX}"
 
 
 class Spool:
@@ -65,9 +61,10 @@ class Spool:
     def put(self, event: ProductionOutcome) -> bool:
         """Keep the outcome on disk; False (and counted) when the spool is full."""
         name = spool_name(event.event_id)
-        if name in self._names:
+        decision = spool_admit(self._names, name, self.max_entries)
+        if decision == "have":
             return True
-        if len(self._names) >= self.max_entries:
+        if decision == "full":
             self.dropped += 1
             log.error("outcome spool %s is full (%d outcomes): dropping outcome %s; raise LORAFLEET_GATEWAY_SPOOL_MAX "
                       "or bring NATS back", self.dir, self.max_entries, event.event_id)

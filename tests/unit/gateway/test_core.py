@@ -221,3 +221,10 @@ def test_answer_texts_and_stream_text():
     assert core.texts_of("chat", True, raw, 1) == ["hello", "x"]
     assert core.texts_of("completion", False, b'{"choices": [{"index": 0, "text": "t"}]}', 1) == ["t"]
     assert core.texts_of("chat", False, b"not json", 1) == []
+
+
+def test_spool_bookkeeping():
+    assert core.spool_name("a/b..c") == "a_b__c.json"
+    assert core.spool_admit({"x.json"}, "x.json", 1) == "have"
+    assert core.spool_admit({"x.json"}, "y.json", 1) == "full"
+    assert core.spool_admit({"x.json"}, "y.json", 2) == "add"

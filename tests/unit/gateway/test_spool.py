@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lorafleet.services.gateway.spool import Spool, spool_name
+from lorafleet.services.gateway.core import spool_name
+from lorafleet.services.gateway.spool import Spool
 from lorafleet.shared.events import ProductionOutcome
 
 
