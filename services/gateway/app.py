@@ -402,6 +402,24 @@ class RunningGateway:
         await self._close()
 
 
+async def _check_sandbox(deps: Deps) -> None:
+    """Judge one trivial program before serving: a sandbox that can't run here would otherwise turn
+    every judged answer into a failed outcome, silently."""
+    from lorafleet.shared.errors import LorafleetError
+    from lorafleet.shared.problems import TestCase
+
+    try:
+        j = await asyncio.to_thread(deps.judge, "print(1)", [TestCase(kind="stdio", input="", output="1\n")], None)
+    except LorafleetError:
+        raise
+    except Exception as exc:
+        raise LorafleetError(f"the sandbox cannot run programs here ({type(exc).__name__}: {exc}): judged outcomes "
+                             "need it; see docs/sandbox.md (LORAFLEET_SANDBOX_NAMESPACES=0 runs it with fewer layers)") from exc
+    if j.verdict != "passed":
+        raise LorafleetError(f"the sandbox failed a trivial program ({j.verdict}: {j.detail}): judged outcomes need it; "
+                             "see docs/sandbox.md (LORAFLEET_SANDBOX_NAMESPACES=0 runs it with fewer layers)")
+
+
 async def _connect_until_up(settings: Settings):
     from lorafleet.shared.bus import connect
     from lorafleet.shared.errors import LorafleetError
@@ -427,6 +445,7 @@ async def start_gateway(settings: Settings | None = None, gateway: GatewaySettin
     settings = settings or get_settings()
     deps = deps or bootstrap(settings, gateway)
     gw = deps.gateway
+    await _check_sandbox(deps)
     nc = await _connect_until_up(settings)
     session = None
     router = None
