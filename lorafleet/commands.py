@@ -35,17 +35,25 @@ def _setup_logging() -> None:
 
 
 def serve(
-    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry")],
+    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry | gateway")],
+    port: Annotated[Optional[int], typer.Option("--port", help="HTTP services (gateway): listen port")] = None,
 ) -> None:
     """Run one service replica (start it N times for N replicas: they share one durable consumer)."""
-    from lorafleet.fleet import SERVICES, load_service
+    from lorafleet.fleet import SERVERS, SERVICES, load_service, run_server
     from lorafleet.shared.settings import get_settings
 
+    if service in SERVERS:
+        settings = get_settings()
+        _setup_logging()
+        run_server(service, settings, port)
+        return
+    if port is not None:
+        raise LorafleetError(f"--port is for the HTTP services ({', '.join(SERVERS)}), not {service}")
     if service not in SERVICES:
         try:
             svc = load_service(service)
         except LorafleetError:
-            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}") from None
+            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES + SERVERS)}") from None
     else:
         svc = load_service(service)
     settings = get_settings()
@@ -64,14 +72,15 @@ def up(
 
     Ctrl-C stops all of it and leaves no process behind.
     """
-    from lorafleet.fleet import SERVICES
+    from lorafleet.fleet import SERVERS, SERVICES
     from lorafleet.shared.settings import get_settings
     from lorafleet.up import Supervisor
 
-    chosen = list(service or SERVICES)
-    unknown = [s for s in chosen if s not in SERVICES]
+    known = SERVICES + SERVERS
+    chosen = list(service or known)
+    unknown = [s for s in chosen if s not in known]
     if unknown:
-        raise LorafleetError(f"unknown service(s) {', '.join(unknown)}: choose from {', '.join(SERVICES)}")
+        raise LorafleetError(f"unknown service(s) {', '.join(unknown)}: choose from {', '.join(known)}")
     replicas = {s: 1 for s in chosen}
     for item in scale or []:
         name, _, count = item.partition("=")

@@ -6,6 +6,19 @@ from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.service import Service
 
 SERVICES = ("ingest", "enrich", "trainer", "evaluator", "registry")
+# HTTP services: no durable consumer of their own; `serve NAME` calls run_server.
+SERVERS = ("gateway",)
+
+
+def run_server(name: str, settings, port: int | None = None) -> None:
+    """Run an HTTP service (`lorafleet.services.<name>.app:run`) until SIGINT/SIGTERM."""
+    if name == "gateway":
+        from lorafleet.services.gateway.app import run
+        from lorafleet.services.gateway.settings import get_gateway_settings
+
+        run(settings, get_gateway_settings(**({} if port is None else {"port": port})))
+        return
+    raise LorafleetError(f"unknown HTTP service {name!r}: choose one of {', '.join(SERVERS)}")
 
 
 def load_service(name: str) -> Service:

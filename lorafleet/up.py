@@ -90,8 +90,12 @@ class Supervisor:
         from lorafleet.shared.nats_server import free_port
 
         child.metrics_port = free_port()
-        return dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
-                    LORAFLEET_METRICS_PORT=str(child.metrics_port), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, LORAFLEET_NATS_URL=url, LORAFLEET_DATA_DIR=str(self.settings.data_dir.resolve()),
+                   LORAFLEET_METRICS_PORT=str(child.metrics_port), PYTHONUNBUFFERED="1")
+        base_port = os.environ.get("LORAFLEET_GATEWAY_PORT", "8400")
+        if child.service == "gateway" and child.replica and base_port.isdigit() and int(base_port):
+            env["LORAFLEET_GATEWAY_PORT"] = str(int(base_port) + child.replica)  # --scale gateway=N: 8400, 8401, ...
+        return env
 
     def spawn(self, child: Child, url: str) -> None:
         cmd = [sys.executable, "-c", "from lorafleet.cli import main; main()", "serve", child.service]

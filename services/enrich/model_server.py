@@ -1,10 +1,11 @@
 """`lorafleet model serve`: a small OpenAI-compatible server for a local transformers model.
 
-POST /v1/chat/completions (n, max_tokens, temperature, top_p, seed, stream with
-stream_options.include_usage; finish_reason "stop" / "length"; usage), GET
+POST /v1/chat/completions and POST /v1/completions (n, max_tokens, temperature, top_p,
+seed, stream with stream_options.include_usage; finish_reason "stop" / "length"; usage), GET
 /v1/models, GET /health, and vLLM's runtime adapter endpoints POST
-/v1/load_lora_adapter / /v1/unload_lora_adapter. peft adapters are addressed by
-model name, like vLLM's `--lora-modules name=path`.
+/v1/load_lora_adapter ({lora_name, lora_path, load_inplace}) / /v1/unload_lora_adapter,
+any number of adapters at once. peft adapters are addressed by model name, like vLLM's
+`--lora-modules name=path`.
 
 It exists so the demo and the tests have a real endpoint for enrich and the
 evaluator's openai backend without vLLM (which can't share this environment).
@@ -92,14 +93,32 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, str]], Sampling, bool,
     """(model, messages, sampling, stream, include_usage) from a chat-completions body, or BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    model = body.get("model")
     messages = body.get("messages")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("`model` is required")
     if not isinstance(messages, list) or not messages or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
     ):
         raise BadRequest("`messages` must be a non-empty list of {role, content} with string content")
+    model, sampling, stream, include_usage = _common(body)
+    return model, messages, sampling, stream, include_usage
+
+
+def parse_completion_request(body: Any) -> tuple[str, str, Sampling, bool, bool]:
+    """(model, prompt, sampling, stream, include_usage) from a /v1/completions body, or BadRequest."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("`prompt` must be one non-empty string")
+    model, sampling, stream, include_usage = _common(body)
+    return model, prompt, sampling, stream, include_usage
+
+
+def _common(body: dict) -> tuple[str, Sampling, bool, bool]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("`model` is required")
     if body.get("stop") not in (None, [], ""):
         raise BadRequest("`stop` is not supported by lorafleet model serve (generation ends at the end-of-turn token)")
 
@@ -121,7 +140,7 @@ def parse_request(body: Any) -> tuple[str, list[dict[str, str]], Sampling, bool,
         seed=None if body.get("seed") is None else number("seed", 0, -(1 << 63), (1 << 63) - 1, int),
     )
     options = body.get("stream_options") or {}
-    return model, messages, sampling, bool(body.get("stream")), bool(options.get("include_usage"))
+    return model, sampling, bool(body.get("stream")), bool(options.get("include_usage"))
 
 
 class _StepStreamer:
@@ -165,13 +184,15 @@ class LocalModel:
     def names(self) -> list[str]:
         return [self.base_name, *self.adapters]
 
-    def load_adapter(self, name: str, path: Path) -> None:
+    def load_adapter(self, name: str, path: Path, inplace: bool = False) -> None:
         from peft import PeftModel
 
         if name in self.aliases:
             raise BadRequest(f"adapter name {name!r} is the base model's name")
         if name in self.adapters:
-            raise BadRequest(f"adapter {name!r} is already loaded")
+            if not inplace:
+                raise BadRequest(f"adapter {name!r} is already loaded; send \"load_inplace\": true to replace it")
+            self.unload_adapter(name)  # vLLM's load_inplace: the same name, new weights
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(path), adapter_name=name)
         else:
@@ -191,9 +212,11 @@ class LocalModel:
         if name not in self.aliases and name not in self.adapters:
             raise BadRequest(f"The model `{name}` does not exist. Served: {self.names()}", 404, "NotFoundError")
 
-    def prompt_ids(self, messages: list[dict[str, str]], sampling: Sampling) -> tuple[list[int], int]:
-        """The rendered prompt's token ids and the max_tokens that fit the context."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def prompt_ids(self, messages: list[dict[str, str]] | str, sampling: Sampling) -> tuple[list[int], int]:
+        """The prompt's token ids (chat messages rendered with the template; a completions prompt
+        as it is) and the max_tokens that fit the context."""
+        text = messages if isinstance(messages, str) else \
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = self.context - len(ids)
         if room < 1:
@@ -253,6 +276,7 @@ class ModelServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_errors])
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_post("/v1/load_lora_adapter", self.load_adapter)
@@ -282,7 +306,7 @@ class ModelServer:
             adapter_dir = check_adapter_dir(Path(path))
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
-        await self._run(self.model.load_adapter, name, adapter_dir)
+        await self._run(self.model.load_adapter, name, adapter_dir, bool(body.get("load_inplace")))
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
     async def unload_adapter(self, request: web.Request) -> web.Response:
@@ -304,7 +328,21 @@ class ModelServer:
         ]
         return web.json_response({**head, "object": "chat.completion", "choices": choices, "usage": _usage(ids, results)})
 
-    async def _stream(self, request, head, name, ids, max_tokens, sampling, include_usage) -> web.StreamResponse:
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """/v1/completions: the prompt as it is, no chat template."""
+        name, prompt, sampling, stream, include_usage = parse_completion_request(await _json(request))
+        self.model.check_model(name)
+        ids, max_tokens = await self._run(self.model.prompt_ids, prompt, sampling)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+        if stream:
+            return await self._stream(request, head, name, ids, max_tokens, sampling, include_usage, chat=False)
+        results = await self._run(self.model.generate, name, ids, max_tokens, sampling)
+        choices = [{"index": i, "text": self.model.decode(toks), "finish_reason": finish, "logprobs": None}
+                   for i, (toks, finish) in enumerate(results)]
+        return web.json_response({**head, "object": "text_completion", "choices": choices, "usage": _usage(ids, results)})
+
+    async def _stream(self, request, head, name, ids, max_tokens, sampling, include_usage,
+                      chat: bool = True) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue = asyncio.Queue()
         job = loop.run_in_executor(
@@ -315,13 +353,17 @@ class ModelServer:
         await resp.prepare(request)
 
         async def send(choices: list[dict], usage: dict | None = None) -> None:
-            chunk = {**head, "object": "chat.completion.chunk", "choices": choices}
+            if not chat:  # text_completion chunks carry `text` where chat chunks carry `delta`
+                choices = [{"index": c["index"], "text": c["delta"].get("content", ""), "finish_reason": c["finish_reason"],
+                            "logprobs": None} for c in choices]
+            chunk = {**head, "object": "chat.completion.chunk" if chat else "text_completion", "choices": choices}
             if usage is not None:
                 chunk["usage"] = usage
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         n, eos = sampling.n, self.model.tokenizer.eos_token_id
-        await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)])
+        if chat:
+            await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)])
         tokens: list[list[int]] = [[] for _ in range(n)]
         sent = [""] * n
         done = [False] * n

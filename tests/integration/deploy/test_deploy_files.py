@@ -293,3 +293,47 @@ def test_nats_helm_values_give_a_three_node_jetstream_cluster(k8s_docs):
     env = next(d for _, d in k8s_docs if d["kind"] == "ConfigMap")["data"]
     assert env["LORAFLEET_NATS_URL"] == "nats://nats.lorafleet.svc.cluster.local:4222"
     assert env["LORAFLEET_STREAM_REPLICAS"] == "3"
+
+
+# ------------------------------------------------------------------ gateway (HTTP, not a bus consumer)
+
+
+def test_gateway_deploys_behind_a_service_with_readiness_and_an_hpa(k8s_docs, compose):
+    from lorafleet.fleet import SERVERS
+
+    assert "gateway" in SERVERS
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_docs}
+    deployment = docs[("Deployment", "gateway")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve", "gateway"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert {"name": "http", "containerPort": 8400} in container["ports"]
+    service = docs[("Service", "gateway")]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = docs[("HorizontalPodAutoscaler", "gateway")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert ("ScaledObject", "gateway") not in docs, "the gateway has no consumer lag to scale on"
+    # vLLM reads the adapters the gateway materialises, at the same path
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    vllm = docs[("Deployment", "vllm")]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in vllm["containers"][0]["volumeMounts"]}
+    assert mounts["gateway-adapters"] == env["LORAFLEET_GATEWAY_ADAPTER_DIR"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in vllm["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["gateway-adapters"] == "gateway-adapters"
+    assert docs[("PersistentVolumeClaim", "gateway-adapters")]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # compose: the same image and command, listening on all interfaces, scalable (a host port range)
+    svc = compose["services"]["gateway"]
+    assert (svc.get("command") or _dockerfile_cmd(ROOT / svc["build"]["dockerfile"])) == ["serve", "gateway"]
+    assert svc["environment"]["LORAFLEET_GATEWAY_HOST"] == "0.0.0.0" and "container_name" not in svc
+    assert all("-" in p.split(":")[0] for p in svc["ports"])
+    assert not _needs_torch(_extras_installed(DEPLOY / "docker" / "gateway.Dockerfile"))
+
+
+def test_hpa_schema_rejects_a_broken_autoscaler(k8s_validators, k8s_docs):
+    hpa = next(d for _, d in k8s_docs if d["kind"] == "HorizontalPodAutoscaler")
+    broken = json.loads(json.dumps(hpa))
+    broken["spec"]["minReplica"] = 2  # typo
+    broken["spec"]["metrics"][0]["resource"]["target"]["type"] = 70
+    assert len(_validate_k8s(k8s_validators, broken)) >= 2

@@ -125,3 +125,33 @@ async def test_cli_model_serve(tiny_model_pair):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_completions_and_load_inplace(model_url, tiny_model_pair):
+    """/v1/completions (plain and streamed, the prompt without a chat template) and vLLM's load_inplace."""
+    _, adapter = tiny_model_pair
+    async with aiohttp.ClientSession() as s:
+        body = {"model": "py-lora", "prompt": "n = int(input())", "max_tokens": 5, "temperature": 0}
+        async with s.post(model_url + "/completions", json=body) as r:
+            plain = await r.json()
+        assert r.status == 200 and plain["object"] == "text_completion" and plain["model"] == "py-lora"
+        assert plain["choices"][0]["finish_reason"] in ("stop", "length") and plain["usage"]["completion_tokens"] >= 1
+        async with s.post(model_url + "/completions", json={**body, "stream": True}) as r:
+            raw = await r.text()
+        chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+        assert all(c["object"] == "text_completion" for c in chunks)
+        assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == plain["choices"][0]["text"]
+        async with s.post(model_url + "/completions", json={"model": "py-lora"}) as r:
+            assert r.status == 400 and "prompt" in (await r.json())["error"]["message"]
+
+        load = {"lora_name": "twice", "lora_path": str(adapter)}
+        async with s.post(model_url + "/load_lora_adapter", json=load) as r:
+            assert r.status == 200
+        async with s.post(model_url + "/load_lora_adapter", json=load) as r:
+            assert r.status == 400 and "load_inplace" in (await r.json())["error"]["message"]
+        async with s.post(model_url + "/load_lora_adapter", json={**load, "load_inplace": True}) as r:
+            assert r.status == 200
+        status, _ = await post(model_url, model="twice", messages=MSG, max_tokens=2, temperature=0)
+        assert status == 200
+        async with s.post(model_url + "/unload_lora_adapter", json={"lora_name": "twice"}) as r:
+            assert r.status == 200

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from lorafleet.fleet import SERVICES
+from lorafleet.fleet import SERVERS, SERVICES
 
 LORAFLEET = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
 
@@ -24,12 +24,28 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | {"LORAFLEET_EMBEDDED_PORT": "0"} | extra
 
 
+def _get_status(url: str, deadline: float) -> int | None:
+    import urllib.error
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    return None
+
+
 def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
     workdir = tmp_path / "elsewhere"  # not the repo: the command must work from any directory
     workdir.mkdir()
     log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen([*LORAFLEET, "up"], cwd=workdir, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+    from lorafleet.shared.nats_server import free_port
+
+    gateway_port = free_port()  # the gateway (an HTTP service) listens here, not on the default 8400
+    up = subprocess.Popen([*LORAFLEET, "up"], cwd=workdir, env=clean_env(LORAFLEET_GATEWAY_PORT=str(gateway_port)),
+                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     family: set[psutil.Process] = set()
     try:
         deadline, report = time.monotonic() + 120, None
@@ -41,7 +57,7 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
             if status.returncode == 0:
                 report = json.loads(status.stdout)
                 if all(r["consumer"] and r["waiting_pulls"] >= 1 for r in report["services"] if r["service"] in SERVICES) \
-                        and len(report["processes"]) == len(SERVICES) and all(p["ready"] for p in report["processes"]):
+                        and len(report["processes"]) == len(SERVICES + SERVERS) and all(p["ready"] for p in report["processes"]):
                     break
             time.sleep(1)
         else:
@@ -54,10 +70,12 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
         assert "nats-server" in names and all(f"serve {s}" in names for s in SERVICES)
         # Each process has its own metrics port, and it serves Prometheus text there.
         urls = {p["service"]: p["metrics_url"] for p in report["processes"]}
-        assert set(urls) == set(SERVICES) and len(set(urls.values())) == len(SERVICES)
+        assert set(urls) == set(SERVICES + SERVERS) and len(set(urls.values())) == len(SERVICES + SERVERS)
         for url in urls.values():
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert b"lorafleet_events_handled_total" in resp.read()
+        assert "serve gateway" in names
+        assert _get_status(f"http://127.0.0.1:{gateway_port}/health", time.monotonic() + 60) == 200
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process group
         assert up.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-3000:]

@@ -39,3 +39,13 @@ def test_parse_adapters(tmp_path):
             parse_adapters([bad])
     with pytest.raises(ConfigError, match="twice"):
         parse_adapters([f"py={tmp_path / 'a'}", f"py={tmp_path / 'a'}"])
+
+
+def test_parse_completion_request():
+    from lorafleet.services.enrich.model_server import parse_completion_request
+
+    model, prompt, s, stream, usage = parse_completion_request({"model": "m", "prompt": ["def f():"], "max_tokens": 3})
+    assert (model, prompt, s.max_tokens, stream, usage) == ("m", "def f():", 3, False, False)
+    for bad in ({"model": "m"}, {"model": "m", "prompt": ["a", "b"]}, {"prompt": "x"}, []):
+        with pytest.raises(BadRequest):
+            parse_completion_request(bad)
