@@ -93,7 +93,7 @@ class Gateway:
         app.router.add_get("/health", self.on_health)
         # /metrics and /ready on the serving port too (the one a load balancer and Prometheus already see).
         for route in health_app("gateway", [self.not_ready]).router.routes():
-            if route.resource.canonical in ("/metrics", "/ready"):
+            if route.method == "GET" and route.resource.canonical in ("/metrics", "/ready"):
                 app.router.add_get(route.resource.canonical, route.handler)
         return app
 
