@@ -108,7 +108,7 @@ class OutcomeRecorder:
                 await self._dead_letter(msg, "invalid", str(exc))
                 continue
             groups[event.adapter_name].append(Outcome(seq=seq, version=event.version, success=event.success,
-                                                      latency_ms=event.latency_ms))
+                                                      latency_ms=event.latency_ms, error=event.error))
         for name, items in groups.items():
             change = await self.store.update(
                 name, lambda state, name=name, items=items: apply_outcomes(state, name, items, self.settings, now()))
