@@ -31,7 +31,10 @@ inference for multinomial count data", NeurIPS 2022): a Dirichlet-multinomial
 Bayes factor against the configured traffic share, a test martingale under the
 null. When it passes 1/srm_alpha the counts can't be trusted (broken router,
 biased outcome publisher): `srm` is set and the decision is `inconclusive`,
-never promote or rollback.
+never promote or rollback. A bias too small for that test to see yet (a publisher that loses some of
+the candidate's failures) is met on the promotion side: promotion is judged with the candidate's count
+raised to what the control's count and the traffic share predict, the missing outcomes as failures
+(`split_robust_candidate`); it only ever lowers the candidate's rate.
 
 The functions that compute a boundary take `xp` (the `math` module by default)
 so benchmarks/abtest.py and the unit test can run them on numpy arrays.
@@ -71,6 +74,7 @@ class Running(_Model):
     p_worse: float = 1.0
     low: float | None = None
     high: float | None = None
+    promote_low: float | None = Field(None, description="running lower bound on split-robust counts (promotion)")
     error_p: float = 1.0
     latency_p: float = 1.0
     srm_p: float = 1.0
@@ -85,6 +89,7 @@ class Guardrail(_Model):
     limit: float = Field(description="tripped when the interval's low end is above this")
     p_value: float = Field(description="always-valid p-value of 'candidate within the limit'")
     tripped: bool
+    holding: bool = Field(False, description="the data now favour harm (likelihood ratio > 1): promotion waits")
 
 
 class Srm(_Model):
@@ -110,8 +115,11 @@ class AbResult(_Model):
     high: float | None = None
     z: float | None = Field(None, description="fixed-horizon z of the difference (for reference only)")
     p_value: float | None = Field(None, description="always-valid two-sided p-value of 'no difference'")
-    p_better: float | None = Field(None, description="always-valid p-value of 'candidate <= control + min_effect'")
+    p_better: float | None = Field(
+        None, description="always-valid p-value of 'candidate <= control + min_effect' (split-robust counts)")
     p_worse: float | None = Field(None, description="always-valid p-value of 'candidate >= control'")
+    promotion_low: float | None = Field(
+        None, description="lower bound of the difference on split-robust counts: promotion needs it above min_effect")
     alpha: float
     tau: float = TAU
     min_samples: int
@@ -152,6 +160,20 @@ def fixed_horizon_n(p: float, effect: float, alpha: float = ALPHA, power: float 
     return math.ceil(z * z * (p * (1 - p) + q * (1 - q)) / (effect * effect))
 
 
+def split_robust_candidate(successes: int, n: int, traffic: float,
+                           split_counts: tuple[int, int]) -> tuple[float, float]:
+    """The candidate's (successes, n) with n raised to the count that the control's count and the traffic
+    share predict, when it falls short: the missing outcomes count as failures. Only ever lowers the
+    candidate's rate, so it can delay a promotion but never cause one. split_counts: the (candidate,
+    control) counts since the share last changed (earlier counts are taken as they are)."""
+    if not 0.0 < traffic < 1.0:
+        return successes, n
+    expected = (n - split_counts[0]) + split_counts[1] * traffic / (1.0 - traffic)
+    if expected < 1.0:
+        return successes, n
+    return successes, max(float(n), expected)
+
+
 def _p(log_l: float) -> float:
     return 1.0 if log_l <= 0 else math.exp(-log_l)
 
@@ -179,9 +201,9 @@ def srm_log_bf(counts: tuple[int, ...], shares: tuple[float, ...], concentration
 def _errors(ce: int, cn: int, ke: int, kn: int, limit: float, alpha: float, tau: float, prev: float) -> Guardrail:
     est, var = rate_difference(ce, cn, ke, kn)
     hw = half_width(var, tau, alpha)
-    p = min(prev, _p(log_lr(est - limit, var, tau))) if est > limit else prev
-    return Guardrail(name="errors", estimate=est, low=est - hw, high=est + hw, limit=limit, p_value=p,
-                     tripped=est - hw > limit)
+    harm = log_lr(est - limit, var, tau) if est > limit else -math.inf
+    return Guardrail(name="errors", estimate=est, low=est - hw, high=est + hw, limit=limit,
+                     p_value=min(prev, _p(harm)), tripped=est - hw > limit, holding=harm > 0)
 
 
 def _latency(cn: int, c: tuple[float, float], kn: int, k: tuple[float, float], limit: float, alpha: float,
@@ -194,13 +216,13 @@ def _latency(cn: int, c: tuple[float, float], kn: int, k: tuple[float, float], l
     ratio = mc / mk
     # delta method: Var(mc/mk) ~ ratio² (vc / (cn mc²) + vk / (kn mk²)); mc = 0 leaves only the control's term
     var = (vc / cn + ratio * ratio * vk / kn) / (mk * mk)
-    if var <= 0:
+    if var <= 0:  # every latency identical in both arms: nothing to test, but a constant excess still holds
         return Guardrail(name="latency", estimate=ratio, low=ratio, high=ratio, limit=limit, p_value=prev,
-                         tripped=False)
+                         tripped=False, holding=ratio > limit)
     hw = half_width(var, tau, alpha)
-    p = min(prev, _p(log_lr(ratio - limit, var, tau))) if ratio > limit else prev
-    return Guardrail(name="latency", estimate=ratio, low=ratio - hw, high=ratio + hw, limit=limit, p_value=p,
-                     tripped=ratio - hw > limit)
+    harm = log_lr(ratio - limit, var, tau) if ratio > limit else -math.inf
+    return Guardrail(name="latency", estimate=ratio, low=ratio - hw, high=ratio + hw, limit=limit,
+                     p_value=min(prev, _p(harm)), tripped=ratio - hw > limit, holding=harm > 0)
 
 
 # --------------------------------------------------------------------------- the decision
@@ -236,6 +258,7 @@ def evaluate(
     split_counts: tuple[int, int] | None = None,
     srm_alpha: float = SRM_ALPHA,
     srm_concentration: float = SRM_CONCENTRATION,
+    split_robust: bool = True,
 ) -> AbResult:
     """One look at an A/B test. Pass the `running` of the previous look's result as `previous`.
 
@@ -283,8 +306,18 @@ def evaluate(
     run.low = diff - hw if run.low is None else max(run.low, diff - hw)
     run.high = diff + hw if run.high is None else min(run.high, diff + hw)
     run.p_value = min(run.p_value, _p(log_lr(diff, var, tau)))
-    if diff > min_effect:
-        run.p_better = min(run.p_better, _p(log_lr(diff - min_effect, var, tau)))
+    # Promotion is judged on split-robust counts: a publisher that loses the candidate's failures shrinks
+    # its count by as much as it inflates its rate, so the missing outcomes are counted back as failures.
+    if split_robust and traffic is not None:
+        seg = split_counts if split_counts is not None else (candidate_n, control_n)
+        s_p, n_p = split_robust_candidate(candidate_successes, candidate_n, traffic, seg)
+    else:
+        s_p, n_p = candidate_successes, candidate_n
+    diff_p, var_p = rate_difference(s_p, n_p, control_successes, control_n)
+    hw_p = half_width(var_p, tau, alpha)
+    run.promote_low = diff_p - hw_p if run.promote_low is None else max(run.promote_low, diff_p - hw_p)
+    if diff_p > min_effect:
+        run.p_better = min(run.p_better, _p(log_lr(diff_p - min_effect, var_p, tau)))
     if diff < 0:
         run.p_worse = min(run.p_worse, _p(log_lr(diff, var, tau)))
 
@@ -308,6 +341,10 @@ def evaluate(
     elif tripped:
         decision = "rollback"
         reason = "guardrail: " + "; ".join(_guard_reason(g, guardrail_alpha) for g in tripped)
+    elif run.p_better <= alpha and any(g.holding for g in guards):
+        decision = "continue"
+        reason = (f"{rates}: better (always-valid p={run.p_better:.3g}), but promotion waits: the "
+                  + " and ".join(g.name for g in guards if g.holding) + " guardrail's data favour harm")
     elif run.p_better <= alpha:
         decision = "promote"
         reason = f"{rates}: better, always-valid p={run.p_better:.3g} <= {alpha}"
@@ -319,6 +356,7 @@ def evaluate(
     else:
         decision, reason = "continue", rates
     return AbResult(decision=decision, reason=reason, difference=diff, low=run.low, high=run.high, z=z,
+                    promotion_low=run.promote_low,
                     p_value=run.p_value, p_better=run.p_better, p_worse=run.p_worse, guardrails=guards, srm=srm,
                     running=run, **base)
 

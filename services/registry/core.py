@@ -384,6 +384,7 @@ def _evaluate(state: AdapterState, settings: RegistrySettings) -> abtest.AbResul
         latency_tau=settings.ab_latency_tau, traffic=ab.traffic,
         split_counts=(cand.requests - ab.split_from[0], ctrl.requests - ab.split_from[1]),
         srm_alpha=settings.ab_srm_alpha, srm_concentration=settings.ab_srm_concentration,
+        split_robust=settings.ab_split_robust,
     )
 
 

@@ -37,6 +37,8 @@ class RegistrySettings(BaseSettings):
                                         description="roll back when candidate/control mean latency exceeds this; 0 disables")
     ab_latency_tau: float = Field(abtest.LATENCY_TAU, gt=0.0, description="mixing sd of the latency ratio")
     ab_srm_alpha: float = Field(abtest.SRM_ALPHA, gt=0.0, lt=0.5, description="level of the sample-ratio-mismatch test")
+    ab_split_robust: bool = Field(True, description="promote only if the candidate wins with its missing outcomes "
+                                                    "(against the traffic share) counted as failures")
     ab_srm_concentration: float = Field(abtest.SRM_CONCENTRATION, gt=0.0,
                                         description="Dirichlet prior concentration of the sample-ratio test")
 
