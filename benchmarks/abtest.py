@@ -75,9 +75,13 @@ def part2(runs: int) -> None:
                                                           latency_candidate=(4.0 + math.log(1.5), 0.5))),
         ("latency x1.1 (limit 1.2), +5 pts", dict(p_candidate=0.55, p_control=0.5,
                                                    latency_candidate=(4.0 + math.log(1.1), 0.5))),
+        ("+5 pts, healthy split", dict(p_candidate=0.55, p_control=0.5)),
+        ("+5 pts, healthy split, split_robust off", dict(p_candidate=0.55, p_control=0.5, split_robust=False)),
         ("broken router: 45% sent, 50% configured", dict(p_candidate=0.5, p_control=0.5, observed_share=0.45)),
         ("biased publisher: 30% of cand. failures lost", dict(p_candidate=0.5, p_control=0.5,
                                                               drop_candidate_failures=0.3)),
+        ("  the same, split_robust off", dict(p_candidate=0.5, p_control=0.5, drop_candidate_failures=0.3,
+                                              split_robust=False)),
         ("biased publisher: 10% lost", dict(p_candidate=0.5, p_control=0.5, drop_candidate_failures=0.1)),
     ]
     print(f"{'case':<46} {'promote':>7} {'rollback':>8} {'(guard)':>7} {'srm':>6} {'none':>6} {'median n/arm':>12}")
