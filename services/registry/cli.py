@@ -132,7 +132,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
         table = Table("adapter", "active", "A/B candidate", "traffic", "versions", "latest status")
         for s in states:
             latest = s.latest()
-            table.add_row(s.name, f"v{s.active}" if s.active else "-", f"v{s.ab.candidate}" if s.ab else "-",
+            table.add_row(s.name, f"v{s.active}" if s.active else "-", (f"v{s.ab.candidate}" + (" (SRM)" if s.ab.status == "srm" else "")) if s.ab else "-",
                           f"{s.ab.traffic:.0%}" if s.ab else "-", str(len(s.versions)),
                           f"v{latest} {s.versions[latest].status}" if latest else "-")
         Console().print(table if states else "no adapters registered yet")
