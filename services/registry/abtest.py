@@ -31,13 +31,15 @@ inference for multinomial count data", NeurIPS 2022): a Dirichlet-multinomial
 Bayes factor against the configured traffic share, a test martingale under the
 null. When it passes 1/srm_alpha the counts can't be trusted (broken router,
 biased outcome publisher): `srm` is set and the decision is `inconclusive`,
-never promote or rollback. A bias too small for that test to see yet (a publisher that loses some of
-the candidate's failures) is met on the promotion side: promotion is judged with the candidate's count
-raised to what the control's count and the traffic share predict, the missing outcomes as failures
-(`split_robust_candidate`); it only ever lowers the candidate's rate.
+never promote or rollback. A bias too small for that test to see yet (a
+publisher that loses some of the candidate's failures) is met on the promotion
+side: promotion is judged with the candidate's count raised to what the
+control's count and the traffic share predict, the missing outcomes counted as
+failures (`split_robust_candidate`); it only ever lowers the candidate's rate.
 
 The functions that compute a boundary take `xp` (the `math` module by default)
-so benchmarks/abtest.py and the unit test can run them on numpy arrays.
+so abtest_sim.py (benchmarks/abtest.py, the Monte Carlo test) runs the same
+code on numpy arrays. docs/registry.md explains the choices and the figures.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ LATENCY_TAU = 0.1  # latency ratio: effects near 10%
 MAX_LATENCY_RATIO = 1.2
 SRM_ALPHA = 0.01
 SRM_CONCENTRATION = 100.0  # Dirichlet prior: sd of the share about sqrt(p(1-p)/101), 5 points at p=0.5
-METHOD = "normal-mixture confidence sequence (mSPRT, Johari et al. 2017; Waudby-Smith et al. 2023)"
+METHOD = "normal-mixture confidence sequence (mSPRT, Johari et al. 2017; Waudby-Smith et al. 2024)"
 
 
 class _Model(BaseModel):
