@@ -87,8 +87,9 @@ def ab_lines(state, summary) -> list[str]:
         observed = "-" if r.srm.observed is None else f"{r.srm.observed:.3f}"
         lines.append(f"  split: candidate share {observed} of outcomes, configured {r.srm.traffic:.3f}, "
                      f"always-valid p {_p(r.srm.p_value)}: {'SAMPLE-RATIO MISMATCH' if r.srm.detected else 'ok'}")
-    verdict = "srm: no automatic decision (fix the split, then `registry ab NAME --traffic S` restarts the test)" \
-        if ab.status == "srm" else f"{r.decision}: {r.reason}"
+    verdict = (f"srm: no automatic decision (fix the split, then `lorafleet registry ab {state.name} --traffic "
+               f"{ab.traffic:g}` starts a fresh test, or --stop ends it)") if ab.status == "srm" \
+        else f"{r.decision}: {r.reason}"
     lines.append(f"  decision {verdict}")
     return lines
 
