@@ -56,8 +56,12 @@ class OutcomeRecorder:
         if self._sub is not None:
             await self._sub.unsubscribe()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Cancel until it's done: on Python < 3.12, asyncio.wait_for (inside nats-py's request, under the
+            # KV and publish calls) drops a cancellation that lands as its inner future completes, and the
+            # task would then wait for the next outcome forever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
 
     async def _on_msg(self, msg) -> None:
         self.queue.put_nowait(msg)
