@@ -234,6 +234,10 @@ class AdapterPromoted(Event):
     previous_version: int | None
     reason: str
     statistics: dict[str, Any] = Field(default_factory=dict)
+    # The A/B test's always-valid figures when the decision was automatic (None for a manual promotion).
+    p_value: float | None = Field(None, description="always-valid p-value of the decision")
+    confidence_interval: tuple[float, float] | None = Field(
+        None, description="always-valid confidence sequence for candidate - control success rate at the decision")
 
 
 class AdapterRolledBack(Event):
@@ -242,6 +246,25 @@ class AdapterRolledBack(Event):
     from_version: int
     to_version: int | None
     reason: str
+    statistics: dict[str, Any] = Field(default_factory=dict)
+    p_value: float | None = Field(None, description="always-valid p-value of the decision (None: manual)")
+    confidence_interval: tuple[float, float] | None = Field(
+        None, description="always-valid confidence sequence for candidate - control success rate at the decision")
+    guardrail: str | None = Field(None, description="errors | latency when a guardrail, not the success rate, decided")
+
+
+class AdapterAbSampleRatioMismatch(Event):
+    """The arms' outcome counts disagree with the configured traffic share: the A/B test stops deciding."""
+
+    event_type: ClassVar[str] = "adapter.ab_srm"
+    adapter_name: str
+    candidate_version: int
+    control_version: int | None = Field(description="None = the base model")
+    traffic: float = Field(ge=0.0, le=1.0, description="configured share of the candidate")
+    candidate_n: int
+    control_n: int
+    observed_share: float | None
+    p_value: float = Field(description="always-valid p-value of the sequential multinomial test (Lindon & Malek)")
     statistics: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -255,6 +278,8 @@ class ProductionOutcome(Event):
     success: bool
     confidence: float = Field(ge=0.0, le=1.0)
     latency_ms: float = Field(ge=0.0)
+    error: bool = Field(False, description="serving failed (server error, timeout), not merely a wrong answer: "
+                                           "counted by the A/B test's error-rate guardrail")
     problem: str | None = None
     solution: str | None = None
     tests: list[dict[str, Any]] | None = None
@@ -294,6 +319,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     AdapterAbStarted,
     AdapterPromoted,
     AdapterRolledBack,
+    AdapterAbSampleRatioMismatch,
     ProductionOutcome,
     StageFailed,
 )

@@ -41,6 +41,63 @@ def _p(p: float | None) -> str:
     return "-" if p is None else f"{p:.3g}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def ab_json(state, summary) -> dict[str, Any]:
+    """`registry ab NAME --json` (and `show --json`'s `ab_statistics`): the shape docs/registry.md documents."""
+    return {
+        "adapter_name": state.name,
+        "active": state.active,
+        "test": state.ab.model_dump(mode="json") if state.ab is not None else None,
+        "statistics": summary.model_dump(mode="json") if summary is not None else None,
+    }
+
+
+def ab_lines(state, summary) -> list[str]:
+    """The running test in words: arms, interval, p-values, guardrails, split check, decision."""
+    ab = state.ab
+    if ab is None or summary is None:
+        last = next((h for h in reversed(state.history) if h.action.startswith("ab_") or h.statistics), None)
+        tail = f" (last: {last.action} v{last.version}: {last.detail})" if last is not None else ""
+        return [f"{state.name}: no A/B test running{tail}"]
+    control = f"v{ab.control}" if ab.control is not None else "the base model"
+    r = summary
+    lines = [
+        f"{state.name}: A/B v{ab.candidate} at {ab.traffic:.0%} vs {control} (control), since "
+        f"{ab.started_at:%Y-%m-%d %H:%M} UTC, status {ab.status.upper() if ab.status == 'srm' else ab.status}",
+        f"  success  candidate {r.candidate_successes}/{r.candidate_n}"
+        + (f" = {r.candidate_rate:.3f}" if r.candidate_rate is not None else "")
+        + f", control {r.control_successes}/{r.control_n}"
+        + (f" = {r.control_rate:.3f}" if r.control_rate is not None else ""),
+        f"  difference {'-' if r.difference is None else f'{r.difference:+.3f}'}, "
+        f"{1 - r.alpha:.0%} confidence sequence {_interval(r.low, r.high)}"
+        + (f" (promotion bound {r.promotion_low:+.3f})" if r.promotion_low is not None and r.low is not None
+           and r.promotion_low < r.low - 1e-12 else ""),
+        f"  always-valid p: no difference {_p(r.p_value)}, candidate not better {_p(r.p_better)}, "
+        f"candidate not worse {_p(r.p_worse)} (alpha {r.alpha}, tau {r.tau}, min {r.min_samples} per arm)",
+    ]
+    for g in r.guardrails:
+        state_word = "TRIPPED" if g.tripped else ("holding promotion" if g.holding else "ok")
+        est = "-" if g.estimate is None else (f"{g.estimate:+.3f}" if g.name == "errors" else f"{g.estimate:.3f}")
+        lines.append(f"  guardrail {g.name}: {est} in {_interval(g.low, g.high) if g.name == 'errors' else _ratio(g)}"
+                     f", limit {g.limit}, p {_p(g.p_value)}: {state_word}")
+    if r.srm is not None:
+        observed = "-" if r.srm.observed is None else f"{r.srm.observed:.3f}"
+        lines.append(f"  split: candidate share {observed} of outcomes, configured {r.srm.traffic:.3f}, "
+                     f"always-valid p {_p(r.srm.p_value)}: {'SAMPLE-RATIO MISMATCH' if r.srm.detected else 'ok'}")
+    verdict = (f"srm: no automatic decision (fix the split, then `lorafleet registry ab {state.name} --traffic "
+               f"{ab.traffic:g}` starts a fresh test, or --stop ends it)") if ab.status == "srm" \
+        else f"{r.decision}: {r.reason}"
+    lines.append(f"  decision {verdict}")
+    return lines
+
+
+def _ratio(g) -> str:
+    return "-" if g.low is None or g.high is None else f"[{g.low:.3f}, {g.high:.3f}]"
+
+
 def _rate(c) -> str:
     return "-" if c.success_rate is None else f"{c.success_rate:.3f} ({c.successes}/{c.requests})"
 
@@ -76,7 +133,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
         table = Table("adapter", "active", "A/B candidate", "traffic", "versions", "latest status")
         for s in states:
             latest = s.latest()
-            table.add_row(s.name, f"v{s.active}" if s.active else "-", f"v{s.ab.candidate}" if s.ab else "-",
+            table.add_row(s.name, f"v{s.active}" if s.active else "-", (f"v{s.ab.candidate}" + (" (SRM)" if s.ab.status == "srm" else "")) if s.ab else "-",
                           f"{s.ab.traffic:.0%}" if s.ab else "-", str(len(s.versions)),
                           f"v{latest} {s.versions[latest].status}" if latest else "-")
         Console().print(table if states else "no adapters registered yet")
@@ -95,7 +152,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
         summary = ab_summary(state, RegistrySettings())
         if as_json:
             data = state.model_dump(mode="json", exclude={"outbox"})
-            data["ab_statistics"] = summary.model_dump() if summary else None
+            data["ab_statistics"] = summary.model_dump(mode="json") if summary else None
             _print_json(data)
             return
         from rich.console import Console
@@ -113,13 +170,8 @@ def register(groups: dict[str, typer.Typer]) -> None:
         console.print(table)
         if state.base_metrics.requests:
             console.print(f"base model (version 0): {_rate(state.base_metrics)}")
-        if summary is not None:
-            control = f"v{state.ab.control}" if state.ab.control is not None else "base model"
-            console.print(f"A/B: v{state.ab.candidate} at {state.ab.traffic:.0%} vs {control}: candidate "
-                          f"{summary.candidate_successes}/{summary.candidate_n}, control "
-                          f"{summary.control_successes}/{summary.control_n}, p(better)={_p(summary.p_better)}, "
-                          f"p(worse)={_p(summary.p_worse)} → {summary.decision} (α={summary.alpha}, "
-                          f"min {summary.min_samples} per arm)")
+        for line in ab_lines(state, summary):
+            console.print(line, highlight=False, markup=False)
 
     @app.command()
     def history(name: str, as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
@@ -170,32 +222,38 @@ def register(groups: dict[str, typer.Typer]) -> None:
         traffic: Annotated[Optional[float], typer.Option(help="share of requests for the candidate, 0..1")] = None,
         version: Annotated[Optional[int], typer.Option(help="candidate to test (default: running / latest candidate)")] = None,
         stop: Annotated[bool, typer.Option("--stop", help="end the running test; the candidate stays a candidate")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
     ) -> None:
-        """Start an A/B test, change its traffic share, or stop it."""
+        """Show the A/B test (interval, always-valid p-values, guardrails, split check); or start one,
+        change its traffic share (restarts a test stopped by a sample-ratio mismatch), or stop it."""
         from . import core
-        from .core import RegistryError
         from .settings import RegistrySettings
         from .store import now
 
+        settings = RegistrySettings()
+        fn = None
         if stop:
             fn = lambda s: core.stop_ab(s, name, now())  # noqa: E731
-        else:
-            share = traffic if traffic is not None else RegistrySettings().ab_traffic
-            if version is None and traffic is None:
-                raise RegistryError("give --traffic SHARE (e.g. 0.2), --version V, or --stop")
-            fn = lambda s: core.start_ab(s, name, version, share, now())  # noqa: E731
+        elif traffic is not None or version is not None:
+            share = traffic if traffic is not None else settings.ab_traffic
+            fn = lambda s: core.start_ab(s, name, version, share, now(), settings)  # noqa: E731
 
         async def run():
             async with _open() as store:
-                await store.apply(name, fn)
+                if fn is not None:
+                    await store.apply(name, fn)
                 return await _state(store, name)
 
         state = asyncio.run(run())
-        if state.ab is None:
-            typer.echo(f"{name}: no A/B test running")
-        else:
+        summary = core.ab_summary(state, settings)
+        if as_json:
+            _print_json(ab_json(state, summary))
+            return
+        if fn is not None and state.ab is not None:
             control = f"v{state.ab.control}" if state.ab.control is not None else "the base model"
             typer.echo(f"{name}: A/B v{state.ab.candidate} gets {state.ab.traffic:.0%} of requests, against {control}")
+        for line in ab_lines(state, summary):
+            typer.echo(line)
 
     @app.command("retrain-status")
     def retrain_status(

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import (
+    AdapterAbSampleRatioMismatch,
     AdapterAbStarted,
     AdapterEvaluated,
     AdapterPromoted,
@@ -60,6 +61,7 @@ class Outcome:
     version: int
     success: bool
     latency_ms: float
+    error: bool = False
 
 
 def check_name(name: str) -> str:
@@ -83,8 +85,9 @@ def _emit(state: AdapterState, cls: type[Event], request_id: str, index: int = 0
     return event
 
 
-def _log(state: AdapterState, now: datetime, action: str, version: int | None, detail: str = "") -> None:
-    state.history.append(HistoryEntry(at=now, action=action, version=version, detail=detail))
+def _log(state: AdapterState, now: datetime, action: str, version: int | None, detail: str = "",
+         statistics: dict[str, Any] | None = None) -> None:
+    state.history.append(HistoryEntry(at=now, action=action, version=version, detail=detail, statistics=statistics))
     del state.history[:-HISTORY_LIMIT]
 
 
@@ -117,12 +120,19 @@ def _ab_stats(state: AdapterState) -> tuple[Counters, Counters]:
 
 
 def _rebaseline(state: AdapterState) -> None:
-    """The control arm changed (promotion/rollback under a running test): count both arms afresh."""
+    """The control arm changed (promotion/rollback under a running test): a fresh test, counted afresh."""
     if state.ab is None:
         return
     state.ab.control = state.active
     state.ab.candidate_baseline = state.versions[state.ab.candidate].metrics.model_copy()
     state.ab.control_baseline = state.counters(state.active).model_copy()
+    state.ab.running = abtest.Running()
+    state.ab.split_from = (0, 0)
+    state.ab.status = "running"
+
+
+def _arm_versions(ab: AbTest) -> tuple[int, int]:
+    return ab.candidate, ab.control if ab.control is not None else BASE_VERSION
 
 
 # --------------------------------------------------------------------------- register
@@ -227,8 +237,21 @@ def _start_ab(state: AdapterState, version: int, traffic: float, now: datetime) 
     _log(state, now, "ab_started", version, f"traffic {traffic:.0%} against {control}")
 
 
-def start_ab(state: AdapterState | None, name: str, version: int | None, traffic: float, now: datetime) -> Change:
-    """Start (or re-target) an A/B test of `version` (default: the running candidate / latest candidate)."""
+def _carry_split(state: AdapterState, settings: RegistrySettings) -> None:
+    """The traffic share changes: close the sample-ratio segment at the old share (its Bayes factor carries
+    over as a factor, which keeps the product a test martingale) and count the next one from here."""
+    ab = state.ab
+    assert ab is not None
+    cand, ctrl = _ab_stats(state)
+    seg = (cand.requests - ab.split_from[0], ctrl.requests - ab.split_from[1])
+    ab.running.srm_log_e_before += abtest.srm_log_bf(seg, (ab.traffic, 1.0 - ab.traffic), settings.ab_srm_concentration)
+    ab.split_from = (cand.requests, ctrl.requests)
+
+
+def start_ab(state: AdapterState | None, name: str, version: int | None, traffic: float, now: datetime,
+             settings: RegistrySettings | None = None) -> Change:
+    """Start (or re-target) an A/B test of `version` (default: the running candidate / latest candidate).
+    Changing the traffic of a test in `srm` state starts it afresh."""
     if not 0.0 <= traffic <= 1.0:
         raise RegistryError(f"traffic {traffic} is out of range: give a share between 0 and 1 (e.g. 0.2)")
     _known(state, name)
@@ -247,7 +270,11 @@ def start_ab(state: AdapterState | None, name: str, version: int | None, traffic
     if ver.status == "active":
         raise RegistryError(f"{name} v{version} is already active: A/B tests compare a candidate with the active version")
     new = _begin(state)
+    if new.ab is not None and new.ab.candidate == version and new.ab.status == "srm":
+        new.ab = None  # the split was broken: the counts can't be trusted, start the test afresh
+        _log(new, now, "ab_restarted", version, "sample-ratio mismatch cleared by hand: a fresh test")
     if new.ab is not None and new.ab.candidate == version:
+        _carry_split(new, settings or RegistrySettings())
         new.ab.traffic = traffic
         _log(new, now, "ab_traffic", version, f"traffic {traffic:.0%}")
         events = [_emit(new, AdapterAbStarted, _request_id(new, version), adapter_name=name, candidate_version=version,
@@ -275,7 +302,8 @@ def stop_ab(state: AdapterState | None, name: str, now: datetime) -> Change:
 # --------------------------------------------------------------------------- promote / rollback
 
 
-def _promote(state: AdapterState, version: int, reason: str, stats: dict[str, Any], now: datetime) -> Event:
+def _promote(state: AdapterState, version: int, reason: str, stats: dict[str, Any], now: datetime,
+             figures: dict[str, Any] | None = None) -> Event:
     prev = state.active
     if prev is not None:
         state.versions[prev].status = "retired"
@@ -288,9 +316,10 @@ def _promote(state: AdapterState, version: int, reason: str, stats: dict[str, An
         state.ab = None
     else:
         _rebaseline(state)
-    _log(state, now, "promoted", version, reason)
+    _log(state, now, "promoted", version, reason, stats or None)
+    figures = {k: v for k, v in (figures or {}).items() if k != "guardrail"}
     return _emit(state, AdapterPromoted, target.request_id, adapter_name=state.name, version=version,
-                 previous_version=prev, reason=reason, statistics=stats)
+                 previous_version=prev, reason=reason, statistics=stats, **figures)
 
 
 def promote(state: AdapterState | None, name: str, version: int | None, now: datetime, reason: str = "manual") -> Change:
@@ -339,39 +368,71 @@ def rollback(state: AdapterState | None, name: str, now: datetime, reason: str =
 # --------------------------------------------------------------------------- outcomes
 
 
-def _decide(state: AdapterState, settings: RegistrySettings, now: datetime) -> list[Event]:
-    """Run the A/B test on the counters; promote, retire the candidate, or keep going. Mutates `state`."""
-    if state.ab is None:
-        return []
+def _evaluate(state: AdapterState, settings: RegistrySettings) -> abtest.AbResult:
+    ab = state.ab
+    assert ab is not None
     cand, ctrl = _ab_stats(state)
-    result = abtest.evaluate(
+    return abtest.evaluate(
         cand.successes, cand.requests, ctrl.successes, ctrl.requests,
-        alpha=settings.ab_alpha, min_samples=settings.ab_min_samples,
-        max_samples=settings.ab_max_samples, min_effect=settings.ab_min_effect,
+        alpha=settings.ab_alpha, tau=settings.ab_tau, min_samples=settings.ab_min_samples,
+        max_samples=settings.ab_max_samples, min_effect=settings.ab_min_effect, previous=ab.running,
+        candidate_errors=cand.errors, control_errors=ctrl.errors,
+        candidate_latency=(cand.latency_ms_sum, cand.latency_ms_sq_sum),
+        control_latency=(ctrl.latency_ms_sum, ctrl.latency_ms_sq_sum),
+        guardrail_alpha=settings.ab_guardrail_alpha, max_error_increase=settings.ab_max_error_increase,
+        error_tau=settings.ab_error_tau, max_latency_ratio=settings.ab_max_latency_ratio or None,
+        latency_tau=settings.ab_latency_tau, traffic=ab.traffic,
+        split_counts=(cand.requests - ab.split_from[0], ctrl.requests - ab.split_from[1]),
+        srm_alpha=settings.ab_srm_alpha, srm_concentration=settings.ab_srm_concentration,
+        split_robust=settings.ab_split_robust,
     )
+
+
+def _figures(result: abtest.AbResult) -> dict[str, Any]:
+    """The always-valid figures an automatic decision's event carries in its own fields."""
+    tripped = [g for g in result.guardrails if g.tripped]
+    interval = (result.low, result.high) if result.low is not None and result.high is not None else None
+    if tripped:
+        return dict(p_value=tripped[0].p_value, confidence_interval=interval, guardrail=tripped[0].name)
+    p = result.p_better if result.decision == "promote" else result.p_worse
+    return dict(p_value=p, confidence_interval=interval)
+
+
+def _decide(state: AdapterState, settings: RegistrySettings, now: datetime) -> list[Event]:
+    """Run the A/B test on the counters; promote, retire the candidate, stop on SRM, or keep going. Mutates `state`."""
+    if state.ab is None or state.ab.status == "srm":
+        return []  # srm: no automatic decision until someone restarts or stops the test
+    result = _evaluate(state, settings)
+    state.ab.running = result.running
     if result.decision == "continue":
         return []
     state.seq += 1  # a transition: fresh event ids
-    stats = result.model_dump()
-    version = state.ab.candidate
-    control = f"v{state.ab.control}" if state.ab.control is not None else "the base model"
+    stats = result.model_dump(mode="json", exclude={"running"})
+    ab = state.ab
+    version = ab.candidate
+    control = f"v{ab.control}" if ab.control is not None else "the base model"
+    reason = f"A/B against {control}: {result.reason}"
+    if result.srm is not None and result.srm.detected:
+        ab.status = "srm"
+        _log(state, now, "ab_srm", version, reason, stats)
+        return [_emit(state, AdapterAbSampleRatioMismatch, state.versions[version].request_id, adapter_name=state.name,
+                      candidate_version=version, control_version=ab.control, traffic=ab.traffic,
+                      candidate_n=result.candidate_n, control_n=result.control_n, observed_share=result.srm.observed,
+                      p_value=result.srm.p_value, statistics=stats)]
     if result.decision == "promote":
-        reason = (f"A/B: success {result.candidate_rate:.3f} vs {result.control_rate:.3f} ({control}), "
-                  f"one-sided p={result.p_better:.4g} < {settings.ab_alpha}")
-        return [_promote(state, version, reason, stats, now)]
+        return [_promote(state, version, reason, stats, now, _figures(result))]
     if result.decision == "rollback":
-        reason = (f"A/B: success {result.candidate_rate:.3f} vs {result.control_rate:.3f} ({control}), "
-                  f"significantly worse, one-sided p={result.p_worse:.4g} < {settings.ab_alpha}")
         state.versions[version].status = "retired"
         state.versions[version].reasons.append(reason)
         state.ab = None
-        _log(state, now, "ab_rolled_back", version, reason)
+        _log(state, now, "ab_rolled_back", version, reason, stats)
         return [_emit(state, AdapterRolledBack, state.versions[version].request_id, adapter_name=state.name,
-                      from_version=version, to_version=state.active, reason=reason, statistics=stats)]
+                      from_version=version, to_version=state.active, reason=reason, statistics=stats,
+                      **_figures(result))]
     if result.decision == "inconclusive":
         state.versions[version].status = "candidate"
         state.ab = None
-        _log(state, now, "ab_inconclusive", version, f"no significant difference after {settings.ab_max_samples} per arm")
+        _log(state, now, "ab_inconclusive", version, reason, stats)
     return []
 
 
@@ -387,13 +448,19 @@ def apply_outcomes(
                                         for o in todo])
     new = state.model_copy(deep=True)
     dead = []
+    arms = _arm_versions(new.ab) if new.ab is not None else None
     for o in todo:
         if o.version != BASE_VERSION and o.version not in new.versions:
             dead.append((o.seq, f"{name} has no version {o.version} (0 = base model)"))
         elif o.version != BASE_VERSION and new.versions[o.version].status == "rejected":
             dead.append((o.seq, f"{name} v{o.version} was rejected by the gate and is never served"))
+        elif arms is not None and o.version not in arms:
+            # The router sends nothing else while a test runs: counting it anywhere would skew an arm or the split.
+            dead.append((o.seq, f"{name} {'the base model' if o.version == BASE_VERSION else f'v{o.version}'} "
+                                f"(version {o.version}) is not in the running A/B test (candidate v{arms[0]}, control "
+                                f"{'the base model' if arms[1] == BASE_VERSION else f'v{arms[1]}'}): not counted"))
         else:
-            new.counters(o.version).add(o.success, o.latency_ms)
+            new.counters(o.version).add(o.success, o.latency_ms, o.error)
         new.outcome_seq = max(new.outcome_seq, o.seq)
     events = _decide(new, settings, now)
     return Change(state=new, events=events, dead=dead)
@@ -408,9 +475,7 @@ def drop_outbox(state: AdapterState | None, event_ids: set[str]) -> Change:
 
 
 def ab_summary(state: AdapterState, settings: RegistrySettings) -> abtest.AbResult | None:
+    """The running test's current figures (what `registry show` / `registry ab` print)."""
     if state.ab is None:
         return None
-    cand, ctrl = _ab_stats(state)
-    return abtest.evaluate(cand.successes, cand.requests, ctrl.successes, ctrl.requests,
-                           alpha=settings.ab_alpha, min_samples=settings.ab_min_samples,
-                           max_samples=settings.ab_max_samples, min_effect=settings.ab_min_effect)
+    return _evaluate(state, settings)

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.shared.events import EVENTS_BY_TYPE, ArtifactRef, Event, GateCriterion
 
+from .abtest import Running
+
 Status = Literal["candidate", "ab_testing", "active", "retired", "rejected"]
 BASE_VERSION = 0
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -34,20 +36,26 @@ class _Model(BaseModel):
 class Counters(_Model):
     requests: int = 0
     successes: int = 0
+    errors: int = Field(0, description="outcomes with error=true (serving failed)")
     latency_ms_sum: float = 0.0
+    latency_ms_sq_sum: float = Field(0.0, description="sum of squared latencies: the latency guardrail's variance")
     latency_ms_max: float = 0.0
 
-    def add(self, success: bool, latency_ms: float) -> None:
+    def add(self, success: bool, latency_ms: float, error: bool = False) -> None:
         self.requests += 1
         self.successes += int(success)
+        self.errors += int(error)
         self.latency_ms_sum += latency_ms
+        self.latency_ms_sq_sum += latency_ms * latency_ms
         self.latency_ms_max = max(self.latency_ms_max, latency_ms)
 
     def minus(self, other: "Counters") -> "Counters":
         return Counters(
             requests=self.requests - other.requests,
             successes=self.successes - other.successes,
+            errors=self.errors - other.errors,
             latency_ms_sum=self.latency_ms_sum - other.latency_ms_sum,
+            latency_ms_sq_sum=self.latency_ms_sq_sum - other.latency_ms_sq_sum,
             latency_ms_max=self.latency_ms_max,
         )
 
@@ -107,6 +115,11 @@ class AbTest(_Model):
     salt: str = Field(description="hash salt: the same request key stays on one arm for this test")
     candidate_baseline: Counters = Field(default_factory=Counters)
     control_baseline: Counters = Field(default_factory=Counters)
+    status: Literal["running", "srm"] = Field(
+        "running", description="srm: the arms' counts disagree with the traffic share; no more automatic decisions")
+    running: Running = Field(default_factory=Running, description="always-valid p-values and interval so far")
+    split_from: tuple[int, int] = Field(
+        (0, 0), description="(candidate, control) test counts when the traffic share last changed: the SRM segment")
 
 
 class HistoryEntry(_Model):
@@ -114,6 +127,7 @@ class HistoryEntry(_Model):
     action: str
     version: int | None = None
     detail: str = ""
+    statistics: dict[str, Any] | None = Field(None, description="the A/B result (abtest.AbResult) behind an automatic decision")
 
 
 class OutboxItem(_Model):

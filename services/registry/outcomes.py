@@ -58,8 +58,12 @@ class OutcomeRecorder:
         if self._sub is not None:
             await self._sub.unsubscribe()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Cancel until it's done: on Python < 3.12, asyncio.wait_for (inside nats-py's request, under the
+            # KV and publish calls) drops a cancellation that lands as its inner future completes, and the
+            # task would then wait for the next outcome forever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
 
     async def _on_msg(self, msg) -> None:
         self.queue.put_nowait(msg)
@@ -110,7 +114,7 @@ class OutcomeRecorder:
                 await self._dead_letter(msg, "invalid", str(exc))
                 continue
             groups[event.adapter_name].append(Outcome(seq=seq, version=event.version, success=event.success,
-                                                      latency_ms=event.latency_ms))
+                                                      latency_ms=event.latency_ms, error=event.error))
         for name, items in groups.items():
             change = await self.store.update(
                 name, lambda state, name=name, items=items: apply_outcomes(state, name, items, self.settings, now()))

@@ -8,6 +8,8 @@ from croniter import croniter
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import abtest
+
 
 class RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAFLEET_REGISTRY_", extra="ignore")
@@ -17,13 +19,28 @@ class RegistrySettings(BaseSettings):
     history: int = Field(16, ge=1, le=64, description="KV revisions kept per key (for audits)")
     cas_retries: int = Field(200, ge=1, description="compare-and-set attempts before giving up (redelivered)")
 
-    # A/B test
+    # A/B test: an always-valid sequential test (abtest.py, docs/registry.md); defaults = abtest.evaluate's
     ab_auto_start: bool = Field(True, description="start an A/B test when a version passes the gate")
     ab_traffic: float = Field(0.1, ge=0.0, le=1.0, description="share of requests routed to the candidate")
-    ab_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="one-sided significance level")
-    ab_min_samples: int = Field(200, ge=1, description="outcomes per arm before any decision")
+    ab_alpha: float = Field(abtest.ALPHA, gt=0.0, lt=0.5,
+                            description="chance that a test of two equal arms ever promotes or rolls back (both together)")
+    ab_tau: float = Field(abtest.TAU, gt=0.0, lt=1.0,
+                          description="mixing sd of the success-rate difference: effects near it are found fastest")
+    ab_min_samples: int = Field(abtest.MIN_SAMPLES, ge=1, description="outcomes per arm before any decision (burn-in)")
     ab_max_samples: int | None = Field(None, ge=1, description="per arm; stop the test as inconclusive after this")
     ab_min_effect: float = Field(0.0, ge=0.0, lt=1.0, description="success-rate margin the candidate must beat")
+    ab_guardrail_alpha: float = Field(abtest.GUARDRAIL_ALPHA, gt=0.0, lt=0.5, description="level of each guardrail")
+    ab_max_error_increase: float = Field(0.0, ge=0.0, lt=1.0,
+                                         description="roll back when the candidate's error rate exceeds the control's by more")
+    ab_error_tau: float = Field(abtest.ERROR_TAU, gt=0.0, lt=1.0, description="mixing sd of the error-rate difference")
+    ab_max_latency_ratio: float = Field(abtest.MAX_LATENCY_RATIO, ge=0.0,
+                                        description="roll back when candidate/control mean latency exceeds this; 0 disables")
+    ab_latency_tau: float = Field(abtest.LATENCY_TAU, gt=0.0, description="mixing sd of the latency ratio")
+    ab_srm_alpha: float = Field(abtest.SRM_ALPHA, gt=0.0, lt=0.5, description="level of the sample-ratio-mismatch test")
+    ab_split_robust: bool = Field(True, description="promote only if the candidate wins with its missing outcomes "
+                                                    "(against the traffic share) counted as failures")
+    ab_srm_concentration: float = Field(abtest.SRM_CONCENTRATION, gt=0.0,
+                                        description="Dirichlet prior concentration of the sample-ratio test")
 
     # Outcome recording
     outcome_batch: int = Field(2000, ge=1, description="outcomes applied per compare-and-set write")

@@ -78,6 +78,7 @@ async def test_full_flow(settings, tmp_path):
         assert arms["candidate"] >= 40 and arms["base"] >= 40
         promoted = await wait_count(js, subj("adapter.promoted"), 1)
         assert promoted[0]["version"] == 1 and promoted[0]["statistics"]["p_better"] < 0.05
+        assert promoted[0]["p_value"] < 0.05 and promoted[0]["confidence_interval"][0] > 0  # always-valid figures
         await asyncio.sleep(0.2)
         assert (await request_route(nc, NAME, "anything")).version == 1  # cache follows the KV watch
 
@@ -90,6 +91,7 @@ async def test_full_flow(settings, tmp_path):
         await play_traffic(nc, js, 200, {"candidate": 0.2, "active": 0.8}, "b")
         rolled = await wait_count(js, subj("adapter.rolled_back"), 1)
         assert rolled[0]["from_version"] == 2 and rolled[0]["to_version"] == 1
+        assert rolled[0]["p_value"] < 0.05 and rolled[0]["confidence_interval"][1] < 0
         await runner.ctx.deps.recorder.wait_for((await js.get_last_msg(STREAM, subj("production.outcome"))).seq)
         state, _ = await store.get(NAME)
         assert state.active == 1 and state.versions[2].status == "retired"

@@ -8,7 +8,8 @@ from lorafleet.services.registry.settings import RegistrySettings
 
 from registry_helpers import INFO, NOW, evaluated
 
-S = RegistrySettings(ab_min_samples=50, ab_traffic=0.1)
+# Equal arm counts in these tests: a 50% split, or the sample-ratio check (rightly) stops the test.
+S = RegistrySettings(ab_min_samples=50, ab_traffic=0.5)
 
 
 def registered(*versions: int, settings: RegistrySettings = S):
@@ -22,7 +23,7 @@ def test_register_starts_ab_against_base_and_emits_events():
     change = core.register(None, evaluated(), INFO, lora_int_id=7, now=NOW, settings=S)
     st = change.state
     assert st.versions[1].status == "ab_testing" and st.versions[1].lora_int_id == 7
-    assert st.ab.candidate == 1 and st.ab.control is None and st.ab.traffic == 0.1
+    assert st.ab.candidate == 1 and st.ab.control is None and st.ab.traffic == 0.5
     assert [e.event_type for e in change.events] == ["adapter.registered", "adapter.ab_started"]
     assert len(st.outbox) == 2 and st.active is None
 
@@ -159,7 +160,7 @@ def test_changing_the_control_under_a_running_ab_test_restarts_its_counts():
 
 
 def test_inconclusive_test_ends_and_candidate_stays():
-    s = RegistrySettings(ab_min_samples=20, ab_max_samples=40)
+    s = RegistrySettings(ab_min_samples=20, ab_max_samples=40, ab_traffic=0.5)
     st = registered(1, settings=s)
     ch = core.apply_outcomes(st, "python-lora", outcomes(1, 1, 40, 20) + outcomes(41, 0, 40, 20), s, NOW)
     assert ch.state.ab is None and ch.state.versions[1].status == "candidate" and not ch.events
