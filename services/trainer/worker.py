@@ -19,6 +19,14 @@ from lorafleet.services.trainer.train import TrainJob, train, world
 from lorafleet.shared.config import parse_config
 
 
+def rpc_address(value: str) -> tuple:
+    """A socket path (the trainer on this machine) or host:port (a trainer pod, across nodes)."""
+    if value.startswith("/"):
+        return value, "AF_UNIX"
+    host, _, port = value.rpartition(":")
+    return (host, int(port)), "AF_INET"
+
+
 def main(spec_path: str) -> int:
     rank, world_size = world()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank}/{world_size} %(name)s %(message)s")
@@ -27,7 +35,7 @@ def main(spec_path: str) -> int:
     if rank == 0:
         from multiprocessing.connection import Client
 
-        conn = Client(os.environ[RPC_ENV], family="AF_UNIX", authkey=bytes.fromhex(os.environ[KEY_ENV]))
+        conn = Client(*rpc_address(os.environ[RPC_ENV]), authkey=bytes.fromhex(os.environ[KEY_ENV]))
 
     def progress(fields: dict) -> None:
         conn.send(("progress", fields))
