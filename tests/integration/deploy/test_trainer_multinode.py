@@ -78,3 +78,27 @@ def test_the_job_spec_is_a_valid_training_job_on_the_shared_volume(docs):
     for key in ("dataset_dir", "output_dir", "checkpoint_dir"):
         assert spec[key].startswith(mounts["data"] + "/"), key
     assert importlib.util.find_spec("lorafleet.services.trainer.worker") is not None
+
+
+def test_rendered_for_a_job_it_still_validates_and_carries_the_job(validate):
+    from lorafleet.services.trainer.multinode import job_name, render_job
+
+    name = job_name("python-lora", "58e0f006-8ca4-5bb2-8c65-e2f0687959a9")
+    assert name == "lorafleet-train-python-lora-58e0f006"
+    spec = {"config": {"adapter_name": "python-lora", "base_model": "b", "training": {"processes": 24}},
+            "dataset_dir": "/var/lib/lorafleet/trainer/jobs/x/dataset", "output_dir": "/var/lib/lorafleet/x",
+            "checkpoint_dir": "/var/lib/lorafleet/c", "resume_refused": None}
+    docs = render_job(MANIFEST.read_text(), name=name, nodes=3, gpus_per_node=8, job_spec=spec,
+                      rpc_address="10.1.2.3:7070", rpc_key_hex="ab" * 32)
+    kinds = {d["kind"]: d for d in docs}
+    assert {k: validate(d) for k, d in kinds.items() if k != "Secret"} == {k: [] for k in kinds if k != "Secret"}
+    assert "lorafleet-train-example" not in json.dumps(docs)
+    job = kinds["Job"]["spec"]
+    container = job["template"]["spec"]["containers"][0]
+    assert job["parallelism"] == job["completions"] == 3
+    assert "--nnodes=3" in container["args"] and "--nproc-per-node=8" in container["args"]
+    assert f"--rdzv-endpoint={name}-0.{name}:29400" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert {"name": "LORAFLEET_TRAINER_RPC", "value": "10.1.2.3:7070"} in container["env"]
+    assert json.loads(kinds["ConfigMap"]["data"]["job.json"]) == spec
+    assert kinds["Secret"]["stringData"]["rpc-key"] == "ab" * 32 and kinds["Secret"]["metadata"]["name"] == name
