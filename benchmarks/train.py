@@ -23,6 +23,7 @@ on an empty disk, for the tiny LoRA and an r=32 LoRA on a ~100M-parameter model.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import tempfile
 import time
@@ -267,7 +268,7 @@ def checkpoint_benchmark() -> None:
 
     configure_cpu_threads()
     print("\nDurable checkpoints: JetStream object store on a local nats-server (file storage)")
-    print(f"{'model':<22}{'LoRA params':>12}{'ckpt MB':>9}{'upload s':>10}{'MB/s':>7}{'fetch s':>9}"
+    print(f"{'model':<22}{'LoRA params':>12}{'ckpt MB':>9}{'upload s 1st/2nd':>18}{'MB/s':>7}{'fetch s':>9}"
           f"{'resume s':>10}{'cold s':>8}{'resume/cold':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -288,12 +289,14 @@ def checkpoint_benchmark() -> None:
             for name, model_dir, r in cases:
                 row = asyncio.run(_checkpoint_case(model_dir, r, work / name.split()[0], settings,
                                                    ObjectStoreArtifacts, DurableCheckpoints))
-                print(f"{name:<22}{row['lora_params']:>12,}{row['mb']:>9.1f}{row['upload']:>10.2f}"
-                      f"{row['mb'] / row['upload']:>7.0f}{row['fetch']:>9.2f}{row['resume']:>10.2f}{row['cold']:>8.2f}"
+                uploads = f"{row['upload'][0]:.2f}/{row['upload'][1]:.2f}"
+                print(f"{name:<22}{row['lora_params']:>12,}{row['mb']:>9.1f}{uploads:>18}"
+                      f"{row['mb'] / row['upload'][1]:>7.0f}{row['fetch']:>9.2f}{row['resume']:>10.2f}{row['cold']:>8.2f}"
                       f"{row['resume'] / row['cold']:>11.2f}x")
         finally:
             server.stop()
-    print("resume s = fetch onto an empty disk + load + optimizer/scheduler/RNG state + the next step; "
+    print("1st upload of a job also opens the store's bucket; MB/s from the 2nd. "
+          "resume s = fetch onto an empty disk + load + optimizer/scheduler/RNG state + the next step; "
           "cold s = the same job from scratch, load + first step (the baseline)")
 
 
@@ -340,7 +343,7 @@ async def _checkpoint_case(model_dir: Path, r: int, work: Path, settings, store_
     assert step == 1 and resumed.resumed_from_step == 1
     await durable.clear()
     await store.close()
-    return {"lora_params": result.metrics["trainable_parameters"], "mb": first.size_bytes / 1e6, "upload": uploads[0],
+    return {"lora_params": result.metrics["trainable_parameters"], "mb": first.size_bytes / 1e6, "upload": uploads[:2],
             "fetch": fetched, "resume": resume, "cold": cold}
 
 

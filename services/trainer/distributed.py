@@ -83,7 +83,6 @@ def run_distributed(job: Any, processes: int, startup_timeout_s: float = 600.0):
         env = {**os.environ, RPC_ENV: address, KEY_ENV: key.hex()}
         if not os.environ.get("LORAFLEET_TORCH_THREADS"):
             # The cores shared out between the workers (each would take half of all of them otherwise).
-            have, _ = available_processes()
             env["LORAFLEET_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
         with Listener(address, family="AF_UNIX", authkey=key) as listener:
             proc = subprocess.Popen(worker_command(processes, spec), env=env, start_new_session=True)

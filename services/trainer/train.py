@@ -27,6 +27,9 @@ from lorafleet.shared.problems import Problem, TrainExample
 from lorafleet.shared.prompts import render_messages
 
 log = logging.getLogger(__name__)
+# bitsandbytes (in the CPU install too) warns at import that the optional `kernels` package is
+# missing; its CPU 4-bit ops then use their torch fallback, which is what the CPU tests run.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
