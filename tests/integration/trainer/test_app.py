@@ -56,3 +56,19 @@ async def test_trains_publishes_progress_and_one_adapter(settings, js, event_log
     assert await stored_count(js, "adapter.trained") == 1
     # the work dirs and checkpoints of a finished job are cleaned up
     assert not any((settings.data_dir / "trainer" / "checkpoints").rglob("checkpoint-*"))
+
+
+async def test_more_processes_than_the_machine_has_fails_before_anything_starts(settings, js, event_log, tiny_dir,
+                                                                                tmp_path):
+    from lorafleet.services.trainer.distributed import available_processes
+
+    have, what = available_processes()
+    config = tiny_config(tiny_dir, training={"processes": have + 1})
+    async with service.running(settings):
+        bad = await enriched(js, settings, tmp_path, config)
+        await wait_for(lambda: event_log.of("training.failed"), timeout=60, what="training.failed")
+    [failed] = event_log.of("training.failed")
+    assert failed.input_event_id == bad.event_id and not failed.retriable
+    assert f"training.processes={have + 1}, but this machine has {have} {what}" in failed.error
+    assert not (settings.data_dir / "trainer" / "jobs" / bad.event_id).exists(), "nothing was downloaded"
+    assert not event_log.of("training.progress")
