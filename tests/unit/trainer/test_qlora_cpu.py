@@ -1,4 +1,5 @@
-"""The QLoRA path (4-bit NF4, double quantisation, bf16 compute) on bitsandbytes' CPU kernels:
+"""The QLoRA path (4-bit NF4, double quantisation, bf16 compute, k-bit preparation, gradient
+checkpointing) on bitsandbytes' CPU kernels (in the cpu install):
 the base really is 4-bit, training lowers the loss, and the adapter merges into the full base."""
 
 import pytest
@@ -16,7 +17,7 @@ def test_nf4_base_trains_a_lora_that_merges(tiny_config, tmp_path):
 
     config = tiny_config(quantization="nf4", data={"min_examples": 10},
                          training={"max_steps": 4, "save_steps": 4, "logging_steps": 1, "batch_size": 2,
-                                   "max_seq_length": 96, "learning_rate": 1e-2})
+                                   "max_seq_length": 96, "learning_rate": 1e-2, "gradient_checkpointing": True})
     _, model = load_base(config)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 4 * 7, "every attention and MLP projection of the 4 layers is 4-bit"
