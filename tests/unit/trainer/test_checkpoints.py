@@ -98,3 +98,36 @@ async def test_store_round_trip_retention_and_restore_on_an_empty_disk(tmp_path)
     assert step is None and "starting over" in why
     assert (await durable.manifest()).checkpoints == []
     assert not store.path_of("checkpoints/a/job-1/checkpoint-12").exists()
+
+
+def test_train_uploads_every_save_and_never_resumes_another_configs_checkpoint(tiny_config, tmp_path):
+    """The app's flow with train(): each save goes to the store; an empty disk resumes the
+    newest; a job whose config differs starts at step 0 and says why in its metrics."""
+    import asyncio
+
+    from lorafleet.services.trainer.train import TrainJob, train
+    from lorafleet.shared import synthetic
+
+    data = synthetic.write_dataset(tmp_path / "ds", "python", train_limit=24, eval_limit=2)
+    (data / "eval.jsonl").unlink()
+    fast = {"max_steps": 4, "save_steps": 2, "save_total_limit": 1, "logging_steps": 1, "batch_size": 2,
+            "max_seq_length": 96}
+    config = tiny_config(training=fast, data={"min_examples": 10})
+    durable = DurableCheckpoints(LocalArtifactStore(tmp_path / "store"), "checkpoints/t/job", keep=1)
+    train(TrainJob(config, data, tmp_path / "a", tmp_path / "replica-1",
+                   on_checkpoint=lambda path: asyncio.run(durable.save(path))))
+    manifest = asyncio.run(durable.manifest())
+    assert [e.step for e in manifest.checkpoints] == [4] and manifest.checkpoints[0].config_sha256 == config.sha256()
+
+    assert asyncio.run(durable.restore(tmp_path / "replica-2", config.sha256())) == (4, None)
+    same = train(TrainJob(config, data, tmp_path / "b", tmp_path / "replica-2"))
+    assert same.metrics["resumed_from_step"] == 4 and same.metrics["resume_refused"] is None
+
+    other = tiny_config(training={**fast, "learning_rate": 1e-4}, data={"min_examples": 10})
+    step, why = asyncio.run(durable.restore(tmp_path / "replica-3", other.sha256()))
+    assert step is None and config.sha256()[:12] in why and other.sha256()[:12] in why
+    progress = []
+    fresh = train(TrainJob(other, data, tmp_path / "c", tmp_path / "replica-3", on_progress=progress.append,
+                           resume_refused=why))
+    assert fresh.metrics["resumed_from_step"] is None and fresh.metrics["resume_refused"] == why
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
