@@ -85,7 +85,9 @@ def run_distributed(job: Any, processes: int, startup_timeout_s: float = 600.0):
             # The cores shared out between the workers (each would take half of all of them otherwise).
             env["LORAFLEET_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
         with Listener(address, family="AF_UNIX", authkey=key) as listener:
-            proc = subprocess.Popen(worker_command(processes, spec), env=env, start_new_session=True)
+            # In the service's process group: whatever stops the service's group (Ctrl-C, `up`, a pod
+            # kill) stops the workers too, instead of leaving them training for nobody.
+            proc = subprocess.Popen(worker_command(processes, spec), env=env)
             try:
                 conn = _accept(listener, proc, startup_timeout_s)
                 with conn:
@@ -143,10 +145,11 @@ def _serve(conn, proc: subprocess.Popen, job: Any) -> tuple[str, Any]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to torchrun's agent, which stops its workers; SIGKILL if it does not exit."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(timeout=30)

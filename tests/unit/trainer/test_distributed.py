@@ -58,3 +58,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_config,
     # one adapter, written by rank 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two", "two_ckpt"]
     assert (two.output_dir / "adapter_model.safetensors").is_file() and two.rank == 16
+
+
+@pytest.mark.timeout(600)
+def test_a_workers_business_error_comes_back_as_itself(tiny_config, tmp_path):
+    from lorafleet.services.trainer.train import TooFewExamples
+
+    data = synthetic.write_dataset(tmp_path / "ds", "python", train_limit=12, eval_limit=2)
+    config = tiny_config(training={**COMMON, "processes": 2}, data={"min_examples": 500})
+    with pytest.raises(TooFewExamples, match="12 training examples, fewer than data.min_examples=500"):
+        run_distributed(TrainJob(config, data, tmp_path / "out", tmp_path / "ckpt"), 2)
+    assert not (tmp_path / "out").exists()
