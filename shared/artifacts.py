@@ -212,6 +212,15 @@ class LocalArtifactStore(_Base):
     def path_of(self, name: str) -> Path:
         return self.root / _check_name(name)
 
+    def uri_of(self, name: str) -> str:
+        return file_uri(self.path_of(name))
+
+    async def delete(self, name: str) -> None:
+        """Remove an artifact (and its sidecar); a missing one is not an error."""
+        dest = self.path_of(name)
+        dest.unlink(missing_ok=True)
+        dest.with_name(dest.name + ".sha256").unlink(missing_ok=True)
+
     async def put_file(self, path: str | os.PathLike, name: str) -> ArtifactRef:
         dest = self.path_of(name)
 
@@ -309,6 +318,16 @@ class ObjectStoreArtifacts(_Base):
         if _digest_hex(info.digest) not in (None, sha):
             raise ArtifactError(f"object store digest of {name} disagrees with the file's sha256: file changed while uploading?")
         return ArtifactRef(uri=self.uri_of(name), sha256=sha, size_bytes=reader.size)
+
+    async def delete(self, name: str) -> None:
+        """Remove an artifact (its chunks are purged); a missing one is not an error."""
+        from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+        store = await self.object_store()
+        try:
+            await store.delete(_check_name(name))
+        except (NotFoundError, ObjectNotFoundError):
+            pass
 
     async def stat(self, ref_or_uri: ArtifactRef | str) -> ArtifactRef | None:
         """The stored object's ref (sha256 from its digest), or None when it does not exist."""

@@ -67,6 +67,11 @@ class TrainingSection(_Section):
     save_total_limit: int = Field(3, ge=1)
     resume: bool = True
     logging_steps: int = Field(10, ge=1)
+    processes: int = Field(
+        1, ge=1, le=1024,
+        description="data-parallel worker processes of one job on one machine (torchrun + DDP: NCCL on GPUs, gloo "
+        "on CPU); the global batch is batch_size x gradient_accumulation_steps x processes",
+    )
 
 
 class SourceSection(_Section):

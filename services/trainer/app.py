@@ -31,11 +31,15 @@ def failed(event: DatasetEnriched, error: str, retriable: bool = False) -> Stage
 
 @service.handler(DatasetEnriched)
 async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Event]:
+    from lorafleet.services.trainer.checkpoints import DurableCheckpoints
+    from lorafleet.services.trainer.distributed import check_processes, run_distributed
     from lorafleet.services.trainer.train import OutOfMemory, TooFewExamples, TrainJob, train
     from lorafleet.services.trainer.versions import assign_version, version_bucket
 
     try:
         config = parse_config(event.config, f"dataset.enriched {event.event_id} config")
+        if config.training.processes > 1:
+            check_processes(config.training.processes)  # before anything is downloaded or started
     except ConfigError as exc:
         return [failed(event, str(exc))]
 
@@ -45,7 +49,30 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
     checkpoint_dir = deps.checkpoint_root / config.adapter_name / event.event_id
     dataset_dir = await ctx.artifacts.get_dir(event.dataset, job_dir / "dataset")
 
+    # Durable checkpoints under the job's key: a redelivery on any replica (empty disk or not)
+    # resumes from the newest one made under this config.
+    durable = DurableCheckpoints(ctx.artifacts, f"checkpoints/{config.adapter_name}/{event.event_id}",
+                                 keep=config.training.save_total_limit)
+    refused = None
+    if config.training.resume:
+        _, refused = await durable.restore(checkpoint_dir, config.sha256())
+    else:
+        await durable.clear()
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
     loop = asyncio.get_running_loop()
+    upload_failures: list[str] = []
+    checkpoint_time = metrics.TRAINER_CHECKPOINT_TIME.labels(service.name, config.adapter_name)
+
+    def on_checkpoint(path) -> None:  # called from the training thread; training waits for the upload
+        future = asyncio.run_coroutine_threadsafe(durable.save(path), loop)
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not end a long run; the next save retries
+            log.error("uploading %s failed (%s): a redelivery would resume from the previous one", path.name, exc)
+            upload_failures.append(f"{path.name}: {exc}")
+        else:
+            checkpoint_time.set_to_current_time()
 
     gauges = {name: gauge.labels(service.name, config.adapter_name) for name, gauge in (
         ("step", metrics.TRAINER_STEP), ("loss", metrics.TRAINER_LOSS), ("tokens_per_second", metrics.TRAINER_TOKENS_PER_S))}
@@ -62,11 +89,15 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
 
     job = TrainJob(config=config, dataset_dir=dataset_dir, output_dir=job_dir / "adapter",
                    checkpoint_dir=checkpoint_dir, on_progress=on_progress, judge=deps.judge,
-                   on_checkpoint=metrics.TRAINER_CHECKPOINT_TIME.labels(service.name, config.adapter_name).set_to_current_time)
+                   on_checkpoint=on_checkpoint, resume_refused=refused)
     try:
-        with tracer().start_as_current_span("trainer.train", attributes={"lorafleet.adapter": config.adapter_name,
-                                                                          "lorafleet.max_steps": config.training.max_steps}):
-            result = await asyncio.to_thread(train, job)
+        with tracer().start_as_current_span("trainer.train", attributes={
+                "lorafleet.adapter": config.adapter_name, "lorafleet.max_steps": config.training.max_steps,
+                "lorafleet.processes": config.training.processes}):
+            if config.training.processes > 1:
+                result = await asyncio.to_thread(run_distributed, job, config.training.processes)
+            else:
+                result = await asyncio.to_thread(train, job)
     except (TooFewExamples, OutOfMemory, ConfigError) as exc:
         return [failed(event, str(exc))]
 
@@ -88,7 +119,8 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
         lora_alpha=result.lora_alpha,
         target_modules=result.target_modules,
         domains=list(config.data.domains),
-        metrics={k: v for k, v in result.metrics.items() if k != "eval_history"},
+        metrics={**{k: v for k, v in result.metrics.items() if k != "eval_history"},
+                 "checkpoint_upload_failures": len(upload_failures)},
         config=event.config,
         config_sha256=event.config_sha256,
         dataset_sha256=event.dataset.sha256,
@@ -99,4 +131,5 @@ async def on_dataset_enriched(event: DatasetEnriched, ctx: Context) -> list[Even
     # The adapter is in the store now; the scratch space and checkpoints can go.
     shutil.rmtree(job_dir, ignore_errors=True)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    await durable.clear()
     return [trained]

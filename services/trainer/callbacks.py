@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from transformers import TrainerCallback
@@ -65,8 +67,17 @@ class PassAtOneCallback(TrainerCallback):
         if metrics is None or not self.problems:
             return
         started = time.monotonic()
-        score, _ = greedy_pass_at_1(self.model or model, self.tokenizer, self.problems, self.max_new_tokens,
-                                    judge=self.judge, batch_size=self.batch_size)
+        distributed = _distributed()
+        score = None
+        if state.is_world_process_zero:  # one process generates and judges; the others get its score
+            score, _ = greedy_pass_at_1(self.model or model, self.tokenizer, self.problems, self.max_new_tokens,
+                                        judge=self.judge, batch_size=self.batch_size)
+        if distributed:
+            import torch.distributed as dist
+
+            box = [score]
+            dist.broadcast_object_list(box, src=0)
+            score = box[0]
         metrics["eval_pass_at_1"] = score
         if state.log_history and "eval_loss" in state.log_history[-1]:
             state.log_history[-1]["eval_pass_at_1"] = score
@@ -74,12 +85,45 @@ class PassAtOneCallback(TrainerCallback):
                  time.monotonic() - started)
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class CheckpointCallback(TrainerCallback):
+    """After every save: record the config hash and data position in the checkpoint
+    (lorafleet_checkpoint.json), then hand it to `sink` (the durable upload) on rank 0.
+    The upload finishes before training goes on, so a kill after this step resumes here."""
+
+    def __init__(self, config_sha256: str, samples_per_step: int, sink: Callable[[Path], None] | None):
+        self.config_sha256 = config_sha256
+        self.samples_per_step = samples_per_step
+        self.sink = sink
+
+    def on_save(self, args, state, control, **kwargs):
+        from lorafleet.services.trainer.checkpoints import META, checkpoint_meta
+
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if _distributed():
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank's rng_state_<rank>.pth is on disk before the upload starts
+        if not state.is_world_process_zero:
+            return
+        meta = checkpoint_meta(self.config_sha256, state, args.world_size, self.samples_per_step)
+        tmp = path / f".{META}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(path / META)
+        if self.sink is not None:
+            self.sink(path)
+
+
 class ProgressCallback(TrainerCallback):
     """Calls `emit(dict)` at every log step and evaluation: step, total, loss, lr, tokens/s, eta."""
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None] | None, on_save: Callable[[], None] | None = None):
+    def __init__(self, emit: Callable[[dict[str, Any]], None] | None):
         self.emit = emit
-        self.on_save_fn = on_save
         self.started: float | None = None
         self.start_step = 0
         self.start_tokens = 0
@@ -105,10 +149,6 @@ class ProgressCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self._report(state, loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)))
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.on_save_fn is not None:
-            self.on_save_fn()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}

@@ -27,6 +27,9 @@ from lorafleet.shared.problems import Problem, TrainExample
 from lorafleet.shared.prompts import render_messages
 
 log = logging.getLogger(__name__)
+# bitsandbytes (in the CPU install too) warns at import that the optional `kernels` package is
+# missing; its CPU 4-bit ops then use their torch fallback, which is what the CPU tests run.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -47,7 +50,10 @@ class TrainJob:
     checkpoint_dir: Path  # durable; a rerun with the same dir resumes
     on_progress: ProgressFn | None = None
     judge: Callable | None = None  # judge_many-compatible; None = the sandbox's
-    on_checkpoint: Callable[[], None] | None = None  # after each checkpoint is written (metrics)
+    # Called with each saved checkpoint directory (rank 0), before training goes on: the durable upload.
+    on_checkpoint: Callable[[Path], None] | None = None
+    # Why a durable checkpoint of this job was not resumed (another config hash), to report.
+    resume_refused: str | None = None
 
 
 @dataclass
@@ -58,6 +64,11 @@ class TrainResult:
     rank: int
     lora_alpha: float
     target_modules: list[str] = field(default_factory=list)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: torchrun sets RANK / WORLD_SIZE."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # --------------------------------------------------------------------------- data
@@ -212,6 +223,8 @@ def sft_config(config: TrainConfig, checkpoint_dir: Path, has_eval: bool):
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        # LoRA on every targeted linear layer: all trainable parameters get gradients each step.
+        ddp_find_unused_parameters=False,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=v.eval_steps,
         load_best_model_at_end=evaluate,
@@ -248,15 +261,17 @@ def train(job: TrainJob) -> TrainResult:
     from peft import get_peft_model
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from lorafleet.services.trainer.callbacks import PassAtOneCallback, ProgressCallback
+    from lorafleet.services.trainer.callbacks import CheckpointCallback, PassAtOneCallback, ProgressCallback
+    from lorafleet.services.trainer.checkpoints import check_local
     from lorafleet.services.trainer.tiny_model import configure_cpu_threads
 
     config = job.config
     t, v = config.training, config.validation
     configure_cpu_threads()
+    rank, world_size = world()
+    config_sha = config.sha256()
 
     # 1. data
     train_examples = read_jsonl(job.dataset_dir / "train.jsonl", TrainExample)
@@ -284,7 +299,10 @@ def train(job: TrainJob) -> TrainResult:
     # 3. trainer, callbacks (pass@1 before early stopping: it reads the metric we add)
     job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     args = sft_config(config, job.checkpoint_dir, has_eval)
-    callbacks = [ProgressCallback(job.on_progress, on_save=job.on_checkpoint)]
+    # Rank 0 alone reports progress and hands checkpoints on.
+    callbacks = [ProgressCallback(job.on_progress if rank == 0 else None),
+                 CheckpointCallback(config_sha, t.batch_size * t.gradient_accumulation_steps * world_size,
+                                    job.on_checkpoint if rank == 0 else None)]
     subset: list[Problem] = []
     if has_eval and v.metric == "pass_at_1":
         subset = random.Random(t.seed).sample(eval_problems, min(v.pass_at_1_problems, len(eval_problems)))
@@ -307,11 +325,15 @@ def train(job: TrainJob) -> TrainResult:
         if isinstance(cb, PassAtOneCallback):
             cb.model = trainer.model
 
-    # 4. train, resuming from the last durable checkpoint of this job
-    last = get_last_checkpoint(str(job.checkpoint_dir)) if t.resume else None
+    # 4. train, resuming from the last checkpoint of this job (the app put the durable one here),
+    # never from one made under another config
+    last, refused = check_local(job.checkpoint_dir, config_sha) if t.resume else (None, None)
+    refused = job.resume_refused or refused
     resumed_from = int(Path(last).name.split("-")[-1]) if last else None
     if last:
         log.info("resuming from %s", last)
+    elif refused:
+        log.warning("%s", refused)
     started = time.monotonic()
     try:
         result = trainer.train(resume_from_checkpoint=last)
@@ -322,7 +344,10 @@ def train(job: TrainJob) -> TrainResult:
             "max_seq_length, or enable gradient_checkpointing"
         ) from exc
 
-    # 5. ship the best (load_best_model_at_end) adapter
+    # 5. ship the best (load_best_model_at_end) adapter: rank 0 alone writes it
+    if not trainer.is_world_process_zero():
+        return TrainResult(output_dir=job.output_dir, metrics={}, resumed_from_step=resumed_from, rank=0,
+                           lora_alpha=0.0)
     tmp = job.output_dir.with_name(job.output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(str(tmp))
@@ -344,6 +369,9 @@ def train(job: TrainJob) -> TrainResult:
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "train_seconds": round(time.monotonic() - started, 2),
         "resumed_from_step": resumed_from,
+        "resume_refused": refused,
+        "world_size": world_size,
+        "global_batch_size": t.batch_size * t.gradient_accumulation_steps * world_size,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         # The checkpoint was chosen on these: an evaluation that includes them is optimistic.
         "early_stopping_problem_ids": [p.id for p in subset],

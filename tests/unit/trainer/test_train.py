@@ -95,20 +95,3 @@ def test_out_of_gpu_memory_is_a_clear_non_retriable_error(tiny_config, dataset, 
     config = tiny_config(training=FAST, validation=VALIDATION, data={"min_examples": 10})
     with pytest.raises(OutOfMemory, match="batch_size=2, max_seq_length=128: lower training.batch_size"):
         train(TrainJob(config, dataset, tmp_path / "a", tmp_path / "c"))
-
-
-def test_qlora_path_on_cpu_with_bitsandbytes(tiny_config, dataset, tmp_path):
-    """The GPU path's code (NF4 double-quant, k-bit preparation, gradient checkpointing) on
-    bitsandbytes' CPU kernels. Needs the `gpu` extra; without it there is nothing to run."""
-    pytest.importorskip("bitsandbytes", reason="the `gpu` extra (bitsandbytes) is not installed")
-    import bitsandbytes as bnb
-
-    config = tiny_config(quantization="nf4", training={**FAST, "max_steps": 4, "gradient_checkpointing": True},
-                         validation={**VALIDATION, "metric": "eval_loss"}, data={"min_examples": 10})
-    result = train(TrainJob(config, dataset, tmp_path / "adapter", tmp_path / "ckpt"))
-    assert result.metrics["global_step"] == 4 and result.metrics["train_loss"] > 0
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    from lorafleet.services.trainer.train import load_base
-
-    _, model = load_base(config)
-    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
