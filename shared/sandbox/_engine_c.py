@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import _isolation
+
 ZYGOTE_DIR = "/.lorafleet-zygote"
 ZYGOTE_FILES = ("_zygote.py", "_runner.py")
 
@@ -50,9 +52,11 @@ def exec_zygote(server, files: dict[str, bytes], preload: tuple[str, ...]) -> No
     # LD_BIND_NOW: resolve every dynamic symbol now, once, instead of in each child (a lazy binding
     # writes the GOT: a copy-on-write fault plus a symbol lookup per first call; ~7% of a trivial run).
     env = dict(os.environ, LD_BIND_NOW="1")
+    # Rootless (root of a user namespace): no uid drop, the child drops its capabilities instead.
+    mode = f"{int(server.userns)},{server.nproc_extra},{_isolation.MALLOC_ARENAS},{_isolation.THREAD_STACK_BYTES}"
     os.execve(sys.executable, [sys.executable, "-I", os.path.join(ZYGOTE_DIR, "_zygote.py"), str(fd), str(server.uid),
                                str(server.gid), os.path.join(server.workroot, "run"), server.workroot,
-                               ",".join(preload), hello, ",".join(server.layers)], env)
+                               ",".join(preload), hello, ",".join(server.layers), mode], env)
 
 
 def seccomp_from(so_path: str | None, layers: list[str]) -> None:

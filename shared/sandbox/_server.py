@@ -73,13 +73,18 @@ class Server:
         self.pidns = "pid_namespace" in self.layers
         self.private_tmp = "private_tmp" in self.layers
         outer = int(os.environ.pop("LORAFLEET_SANDBOX_OUTER_PID", os.getpid()))
-        self.root = os.geteuid() == 0
+        # Root of its own user namespace (not root): one uid only, so no uid drop; runs drop all capabilities.
+        self.userns = "user_namespace" in self.layers
+        self.root = os.geteuid() == 0 and not self.userns
         self.drop = drop and self.root
         self.uid = UID_BASE + outer if self.drop else os.getuid()
         self.gid = UID_BASE + outer if self.drop else os.getgid()
         if self.drop:
             self.layers.append("uid_drop")
-        self.layers.append("no_new_privs")
+        self.layers += ["no_new_privs", "memory_address_space"]
+        # Processes of this user namespace besides the run (the outer process and this server), which
+        # RLIMIT_NPROC counts too there: per (user namespace, uid) since Linux 5.14.
+        self.nproc_extra = 2 if self.userns else 0
         if not self.pidns:
             _isolation.prctl(_isolation.PR_SET_CHILD_SUBREAPER, 1)
         base = "/tmp" if self.private_tmp else os.environ.get("TMPDIR", "/tmp")
@@ -338,7 +343,7 @@ class Server:
     def serve(self) -> None:
         send_msg(self.sock, {"layers": self.layers, "uid": self.uid, "workroot": self.workroot,
                              "outer_pid": self.outer, "pidns": self.pidns, "engine": "python",
-                             "modules": sorted(sys.modules)})
+                             "modules": sorted(sys.modules), "blocker": _isolation.blocker})
         while True:
             raw = recv_exact(self.sock, _wire.REQUEST.size)
             if raw is None:
@@ -421,14 +426,16 @@ def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
         resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        nproc = lim["nproc"]
-        if not server.drop:  # shared uid: allow what it already runs plus the run's share
+        nproc = lim["nproc"] + server.nproc_extra
+        if not server.drop and not server.userns:  # shared uid: allow what it already runs plus the run's share
             nproc += _count_own_processes()
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if server.drop:
             os.setgroups([])
             os.setresgid(server.gid, server.gid, server.gid)
             os.setresuid(server.uid, server.uid, server.uid)
+        elif server.userns:
+            _isolation.drop_capabilities()
         os.write(SETUP_FD, b"ok")  # environment, argv, sys.path and stdio: see _runner.prepare_children
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001
@@ -470,13 +477,14 @@ def main(argv: list[str]) -> None:
     preload = IMAGES[_option(argv, "--image") or "full"]
     zygote = _engine_c.read_zygote(_option(argv, "--zygote"))
     server = Server(sock, namespaces="--no-namespaces" not in argv, drop="--no-drop" not in argv)
-    full = server.pidns and server.drop and {"private_root", "private_tmp"} <= set(server.layers)
+    full = server.pidns and (server.drop or server.userns) and {"private_root", "private_tmp"} <= set(server.layers)
     if zygote and full:
         try:
             _engine_c.exec_zygote(server, zygote, preload)  # does not return
         except OSError:
             pass  # stay on the Python engine; the hello says which engine answers
     _engine_c.seccomp_from(_option(argv, "--zygote"), server.layers)  # the reduced modes still get the filter
+    _isolation.fit_threads()
     for name in preload:
         try:
             __import__(name)
