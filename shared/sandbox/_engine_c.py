@@ -44,6 +44,7 @@ def exec_zygote(server, files: dict[str, bytes], preload: tuple[str, ...]) -> No
             os.write(fd, data)
         finally:
             os.close(fd)
+    _isolation.seal_root()  # nothing more is written to the minimal root itself
     # The zygote adds the layers (seccomp where its filter installs) and its modules to this hello.
     hello = json.dumps({"uid": server.uid, "workroot": server.workroot, "outer_pid": server.outer,
                         "pidns": server.pidns, "engine": "c"})
@@ -75,6 +76,9 @@ def seccomp_from(so_path: str | None, layers: list[str]) -> None:
         loader = ExtensionFileLoader("_lorafleet_zygote", so_path)
         module = module_from_spec(spec_from_loader("_lorafleet_zygote", loader))
         loader.exec_module(module)
+        # Without CAP_SYS_ADMIN (not root) the kernel takes a filter only with no_new_privs set; the
+        # server never needs to gain privileges (every child sets it anyway).
+        _isolation.prctl(_isolation.PR_SET_NO_NEW_PRIVS, 1)
         module.seccomp()
     except (ImportError, OSError):
         return

@@ -366,6 +366,15 @@ def _pivot_to_minimal_root(python_fds: dict[str, int]) -> None:
     os.chdir("/")
 
 
+def seal_root() -> None:
+    """Remount the minimal root's own tmpfs read-only once it is built (its binds are read-only already).
+
+    Rootless, everything the server made in it is owned by the run's uid too (there is only one uid): a
+    run could otherwise add files at / or change /dev's entries for the runs after it.
+    """
+    _mount("none", "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
 def _expose_interpreter() -> None:
     """Let the run's uid read the Python installation even where it lives under a private directory.
 

@@ -137,8 +137,18 @@ class Server:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _clean_shared_tmp(self) -> None:
-        """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind)."""
-        for d in _isolation.SHARED_TMP:
+        """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind).
+
+        Rootless, the run's uid owns these directories and the work root too (there is only one uid): it
+        may have changed their modes or left files in the work root, so both are put back as well.
+        """
+        dirs = _isolation.SHARED_TMP + ((self.workroot,) if self.userns else ())
+        for d in dirs:
+            if self.userns:
+                try:
+                    os.chmod(d, 0o711 if d == self.workroot else 0o1777)
+                except OSError:
+                    pass
             try:
                 entries = list(os.scandir(d))
             except OSError:
@@ -490,6 +500,8 @@ def main(argv: list[str]) -> None:
             __import__(name)
         except ImportError:
             pass
+    if "private_root" in server.layers:
+        _isolation.seal_root()
     server.prepare_children()
     import gc
 

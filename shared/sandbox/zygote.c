@@ -192,11 +192,15 @@ static void reap(void) {
 }
 
 /* Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run: remove what its uid owns.
- * getdents64 into a stack buffer, not opendir: opendir's heap buffer costs copy-on-write faults. */
+ * getdents64 into a stack buffer, not opendir: opendir's heap buffer costs copy-on-write faults.
+ * Rootless, the run's uid owns these directories and the work root too (there is only one uid): it may
+ * have changed their modes or left files in the work root, so both are put back as well. */
 static void clean_shared_tmp(const config_t *cfg) {
-    static const char *dirs[] = {"/tmp", "/var/tmp", "/dev/shm"};
+    /* the work root is empty between runs: everything in it is the run's */
+    const char *dirs[] = {"/tmp", "/var/tmp", "/dev/shm", cfg->rootless ? cfg->workroot : NULL};
     char path[4096], ents[2048];
-    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs && dirs[d]; d++) {
+        if (cfg->rootless) chmod(dirs[d], d < 3 ? 01777 : 0711);
         int dfd = open(dirs[d], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0) continue;
         long n;
