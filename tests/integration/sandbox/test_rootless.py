@@ -133,7 +133,9 @@ def test_sixteen_threads_fit_in_256_mib(sandbox):
     code = f"""
 import threading
 done = []
+together = threading.Barrier({THREADS})  # all of them alive at once
 def work(i):
+    together.wait(timeout=5)
     done.append(sum(range(10000 * (i + 1))))
 threads = [threading.Thread(target=work, args=(i,)) for i in range({THREADS})]
 for t in threads:
