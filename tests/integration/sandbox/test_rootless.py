@@ -236,6 +236,57 @@ def test_without_user_namespaces_it_refuses_and_names_the_setting(unprivileged):
     assert reduced[1] == "ok" and "pid_namespace" not in reduced[2] and "private_root" not in reduced[2]
 
 
+# ------------------------------------------------------------------ the containers' seccomp profile
+
+# As a container runtime applies a profile (libseccomp, no_new_privs as allowPrivilegeEscalation: false),
+# then exec the probe as an ordinary user: what the sandbox can do under deploy/docker/sandbox-seccomp.json.
+UNDER_PROFILE = """
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if os.geteuid() == 0:
+    nobody = int(sys.argv[1])
+    os.setgroups([]); os.setresgid(nobody, nobody, nobody); os.setresuid(nobody, nobody, nobody)
+seccomp = ctypes.CDLL("libseccomp.so.2")
+seccomp.seccomp_init.restype = ctypes.c_void_p
+seccomp.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
+profile = json.loads(sys.argv[2])
+assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+ctx = seccomp.seccomp_init(0x7FFF0000)
+for rule in profile["syscalls"]:
+    assert rule["action"] == "SCMP_ACT_ERRNO"
+    for name in rule["names"]:
+        nr = seccomp.seccomp_syscall_resolve_name(name.encode())
+        if nr >= 0:
+            assert seccomp.seccomp_rule_add(ctx, 0x00050000 | rule.get("errnoRet", 1), nr, 0) == 0, name
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert seccomp.seccomp_load(ctx) == 0
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[3]])
+"""
+PROFILE = ROOT / "deploy" / "docker" / "sandbox-seccomp.json"
+
+
+def under_profile(unprivileged, profile: dict) -> list[str]:
+    env = {**unprivileged["env"], "LORAFLEET_SANDBOX_ALLOW_REDUCED": "0"}
+    out = subprocess.run([sys.executable, "-c", UNDER_PROFILE, str(unprivileged["uid"]), json.dumps(profile), PROBE],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=unprivileged["home"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
+
+
+def test_the_container_seccomp_profile_allows_full_isolation(unprivileged):
+    lines = under_profile(unprivileged, json.loads(PROFILE.read_text()))
+    assert lines[0] == "RAN 1", lines
+
+
+def test_a_runtime_default_like_profile_is_named_in_the_refusal(unprivileged):
+    """Docker's and containerd's default profiles allow unshare and mount only with CAP_SYS_ADMIN."""
+    profile = json.loads(PROFILE.read_text())
+    profile["syscalls"].append({"names": ["unshare", "mount"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1})
+    lines = under_profile(unprivileged, profile)
+    assert lines[0].startswith("REFUSED") and "a seccomp filter on this process denies it" in lines[0], lines
+
+
 # ------------------------------------------------------------------ the hostile suite as an ordinary user
 
 
