@@ -85,6 +85,8 @@ class Server:
         # Processes of this user namespace besides the run (the outer process and this server), which
         # RLIMIT_NPROC counts too there: per (user namespace, uid) since Linux 5.14.
         self.nproc_extra = 2 if self.userns else 0
+        if self.userns:  # a run shares our uid and may signal pid 1 with what it handles: Python's SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not self.pidns:
             _isolation.prctl(_isolation.PR_SET_CHILD_SUBREAPER, 1)
         base = "/tmp" if self.private_tmp else os.environ.get("TMPDIR", "/tmp")
@@ -446,6 +448,7 @@ def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
             os.setresuid(server.uid, server.uid, server.uid)
         elif server.userns:
             _isolation.drop_capabilities()
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's, as in a fresh interpreter
         os.write(SETUP_FD, b"ok")  # environment, argv, sys.path and stdio: see _runner.prepare_children
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001

@@ -126,6 +126,18 @@ except OSError:
     assert victim.poll() is None, "the run killed another process of the caller's"
 
 
+def test_signalling_the_server_changes_nothing(sandbox):
+    """Rootless, the run shares the server's uid: pid 1 of the namespace gets the signals it handles."""
+    sandbox.run("print(1)", "", QUICK)
+    before = {s.pid for s in sandbox.servers()}
+    code = "import os, signal, time\nfor sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):\n" \
+           "    try:\n        os.kill(1, sig)\n    except OSError:\n        pass\ntime.sleep(0.2)\nprint('sent')\n"
+    r = sandbox.run(code, "", QUICK)
+    assert (r.verdict, r.stdout) == ("ok", "sent\n"), r
+    assert sandbox.run("print(2)", "", QUICK).stdout == "2\n"
+    assert {s.pid for s in sandbox.servers()} == before
+
+
 # ------------------------------------------------------------------ memory: threads vs a memory bomb
 
 
