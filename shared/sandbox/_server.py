@@ -94,6 +94,8 @@ class Server:
         os.mkdir(self.workroot, 0o711)
         os.chmod(self.workroot, 0o711)
         self.next_child: tuple[int, int, int, int, int, int] | None = None
+        self.python_in_tmp = {d for d in _isolation._python_dirs()
+                              if any(d.startswith(t + "/") for t in _isolation.SHARED_TMP)} if self.private_tmp else set()
         self.outer = outer
         if not self.drop and not self.private_tmp:
             self._clean_shared_tmp = lambda: None  # type: ignore[method-assign]  # same uid as the host: touch nothing
@@ -163,12 +165,25 @@ class Server:
                         # A run writes only as its own uid; anything else is the server's (e.g. the
                         # read-only bind of a venv that lives under /tmp) or, on the host, not ours.
                         continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
+                    self._remove(entry)
                 except OSError:
                     pass
+
+    def _remove(self, entry: os.DirEntry) -> None:
+        """Remove what a run left, except the way down to the interpreter's read-only binds (a venv under
+        /tmp): rmtree would try every file of the venv, in vain, after every run."""
+        if not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
+        elif entry.path in self.python_in_tmp:
+            return
+        elif any(d.startswith(entry.path + "/") for d in self.python_in_tmp):
+            for inner in list(os.scandir(entry.path)):
+                try:
+                    self._remove(inner)
+                except OSError:
+                    pass
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
     def prefork(self) -> None:
         """Fork the next run's child now, while the harness reads the last result.
