@@ -2,8 +2,9 @@
 
 Run in the fork server before it serves (or execs the C engine): as an ordinary user, first enter a new
 user namespace (the caller's uid mapped to root inside: the same layers without privileges on the host,
-see enter_user_namespace); then unshare pid, net, mount, ipc and uts namespaces, fork so that the server is pid 1 of the new pid namespace, pivot into a minimal read-only
-root (the system, the Python installation and its venv; no project tree, datasets or home directories)
+see enter_user_namespace); then unshare pid, net, mount, ipc and uts namespaces, fork so that the
+server is pid 1 of the new pid namespace, pivot into a minimal read-only root (the system, the Python
+installation and its venv; no project tree, datasets or home directories)
 with a private /proc, /tmp, /var/tmp and /dev/shm. Each step that works appends its layer name to
 `layers`; a step the kernel refuses leaves its layer out (and the run says so). Standard library only.
 """

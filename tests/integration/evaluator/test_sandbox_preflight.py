@@ -16,7 +16,7 @@ def start(tmp_path, **env):
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LORAFLEET_DATA_DIR": str(tmp_path),
             "LORAFLEET_CACHE_DIR": os.environ.get("LORAFLEET_CACHE_DIR", str(Path.home() / ".cache" / "lorafleet")),
             "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-c", START], capture_output=True, text=True, timeout=120, env=full)
+    return subprocess.run([sys.executable, "-c", START], capture_output=True, text=True, timeout=120, env=full, check=False)
 
 
 def test_the_evaluator_refuses_to_start_with_only_the_reduced_mode(tmp_path):
