@@ -353,6 +353,10 @@ def _pivot_to_minimal_root(python_fds: dict[str, int]) -> None:
         # The new pid namespace's /proc, mounted while the host's /proc is still visible in this mount
         # namespace: in a user namespace the kernel allows a new proc only next to a fully visible one.
         _mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # Read-only sysctls: rootless, the run's uid owns the server's ipc and net namespaces, whose
+        # sysctls (kernel.shm*, ...) it could otherwise set for the runs after it.
+        _mount(f"{new}/proc/sys", f"{new}/proc/sys", None, MS_BIND | MS_REC)
+        _remount_read_only(f"{new}/proc/sys")
         os.chdir(new)
         if _libc.syscall(nr, b".", b".") != 0:
             e = ctypes.get_errno()

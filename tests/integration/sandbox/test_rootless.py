@@ -138,6 +138,22 @@ def test_signalling_the_server_changes_nothing(sandbox):
     assert {s.pid for s in sandbox.servers()} == before
 
 
+def test_a_run_sets_no_sysctl(sandbox):
+    """Rootless, the run's uid owns the server's ipc namespace (kernel.shm*): /proc/sys is read-only."""
+    code = """
+for path, value in (("/proc/sys/kernel/shmmax", "4096"), ("/proc/sys/kernel/msgmax", "1024"),
+                    ("/proc/sys/net/ipv4/ip_forward", "1"), ("/proc/sys/kernel/hostname", "x")):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        print("WROTE", path)
+    except OSError as e:
+        print("denied", path, type(e).__name__)
+"""
+    r = sandbox.run(code, "", QUICK)
+    assert r.verdict == "ok" and "WROTE" not in r.stdout and r.stdout.count("denied") == 4, r.stdout
+
+
 # ------------------------------------------------------------------ memory: threads vs a memory bomb
 
 
