@@ -233,8 +233,6 @@ def drop_capabilities() -> None:
     Securebits first (so that an exec as uid 0 gives none back), then the bounding and ambient sets, then
     the effective/permitted/inheritable sets themselves.
     """
-    import platform
-
     prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP
           | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED)
     cap = 0
@@ -243,7 +241,7 @@ def drop_capabilities() -> None:
     _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # two (effective, permitted, inheritable) triples, all zero
-    if _libc.syscall(SYS_CAPSET[platform.machine()], header, data) != 0:
+    if _libc.syscall(SYS_CAPSET[os.uname().machine], header, data) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"capset: {os.strerror(e)}")
 
