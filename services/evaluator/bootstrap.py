@@ -51,6 +51,12 @@ class Deps:
 
 
 def bootstrap(settings: Settings) -> Deps:
+    # Refuse to start where the sandbox could only run generated code in its reduced mode (a container
+    # without user namespaces, ...) unless LORAFLEET_SANDBOX_ALLOW_REDUCED=1: IsolationUnavailable names
+    # the setting that blocks it. Also warms one sandbox server before the first adapter arrives.
+    from lorafleet.shared.sandbox import check_isolation
+
+    check_isolation()
     root = settings.data_dir / "evaluator"
     root.mkdir(parents=True, exist_ok=True)
     # per process: replicas on one machine share data_dir but must not swap files under each other

@@ -16,6 +16,10 @@ class Deps:
 
 
 def bootstrap(settings: Settings) -> Deps:
+    # As the evaluator: no start where the sandbox has only its reduced mode, unless opted into.
+    from lorafleet.shared.sandbox import check_isolation
+
+    check_isolation()
     root = Path(settings.data_dir).resolve() / "ingest" / "jobs"
     root.mkdir(parents=True, exist_ok=True)
     return Deps(work_root=root, judge=sandbox_judge())

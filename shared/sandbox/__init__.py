@@ -11,11 +11,13 @@ from collections.abc import Iterable, Sequence
 
 from lorafleet.shared.problems import TestCase
 from lorafleet.shared.sandbox.models import ALL_LAYERS, Judgement, RunLimits, RunResult
-from lorafleet.shared.sandbox.pool import IsolationUnavailable, JudgeItem, Sandbox, default_sandbox, machine_workers
+from lorafleet.shared.sandbox.pool import (
+    IsolationUnavailable, JudgeItem, Sandbox, check_isolation, default_sandbox, machine_workers,
+)
 
 __all__ = [
     "ALL_LAYERS", "IsolationUnavailable", "Judgement", "RunLimits", "RunResult", "Sandbox", "ajudge", "ajudge_many",
-    "arun", "default_sandbox", "judge", "judge_many", "machine_workers", "run",
+    "arun", "check_isolation", "default_sandbox", "judge", "judge_many", "machine_workers", "run",
 ]
 
 

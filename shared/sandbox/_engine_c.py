@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import _isolation
+
 ZYGOTE_DIR = "/.lorafleet-zygote"
 ZYGOTE_FILES = ("_zygote.py", "_runner.py")
 
@@ -42,6 +44,7 @@ def exec_zygote(server, files: dict[str, bytes], preload: tuple[str, ...]) -> No
             os.write(fd, data)
         finally:
             os.close(fd)
+    _isolation.seal_root()  # nothing more is written to the minimal root itself
     # The zygote adds the layers (seccomp where its filter installs) and its modules to this hello.
     hello = json.dumps({"uid": server.uid, "workroot": server.workroot, "outer_pid": server.outer,
                         "pidns": server.pidns, "engine": "c"})
@@ -50,9 +53,11 @@ def exec_zygote(server, files: dict[str, bytes], preload: tuple[str, ...]) -> No
     # LD_BIND_NOW: resolve every dynamic symbol now, once, instead of in each child (a lazy binding
     # writes the GOT: a copy-on-write fault plus a symbol lookup per first call; ~7% of a trivial run).
     env = dict(os.environ, LD_BIND_NOW="1")
+    # Rootless (root of a user namespace): no uid drop, the child drops its capabilities instead.
+    mode = f"{int(server.userns)},{server.nproc_extra},{_isolation.MALLOC_ARENAS},{_isolation.THREAD_STACK_BYTES}"
     os.execve(sys.executable, [sys.executable, "-I", os.path.join(ZYGOTE_DIR, "_zygote.py"), str(fd), str(server.uid),
                                str(server.gid), os.path.join(server.workroot, "run"), server.workroot,
-                               ",".join(preload), hello, ",".join(server.layers)], env)
+                               ",".join(preload), hello, ",".join(server.layers), mode], env)
 
 
 def seccomp_from(so_path: str | None, layers: list[str]) -> None:
@@ -71,6 +76,9 @@ def seccomp_from(so_path: str | None, layers: list[str]) -> None:
         loader = ExtensionFileLoader("_lorafleet_zygote", so_path)
         module = module_from_spec(spec_from_loader("_lorafleet_zygote", loader))
         loader.exec_module(module)
+        # Without CAP_SYS_ADMIN (not root) the kernel takes a filter only with no_new_privs set; the
+        # server never needs to gain privileges (every child sets it anyway).
+        _isolation.prctl(_isolation.PR_SET_NO_NEW_PRIVS, 1)
         module.seccomp()
     except (ImportError, OSError):
         return

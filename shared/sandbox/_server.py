@@ -73,13 +73,20 @@ class Server:
         self.pidns = "pid_namespace" in self.layers
         self.private_tmp = "private_tmp" in self.layers
         outer = int(os.environ.pop("LORAFLEET_SANDBOX_OUTER_PID", os.getpid()))
-        self.root = os.geteuid() == 0
+        # Root of its own user namespace (not root): one uid only, so no uid drop; runs drop all capabilities.
+        self.userns = "user_namespace" in self.layers
+        self.root = os.geteuid() == 0 and not self.userns
         self.drop = drop and self.root
         self.uid = UID_BASE + outer if self.drop else os.getuid()
         self.gid = UID_BASE + outer if self.drop else os.getgid()
         if self.drop:
             self.layers.append("uid_drop")
-        self.layers.append("no_new_privs")
+        self.layers += ["no_new_privs", "memory_address_space"]
+        # Processes of this user namespace besides the run (the outer process and this server), which
+        # RLIMIT_NPROC counts too there: per (user namespace, uid) since Linux 5.14.
+        self.nproc_extra = 2 if self.userns else 0
+        if self.userns:  # a run shares our uid and may signal pid 1 with what it handles: Python's SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not self.pidns:
             _isolation.prctl(_isolation.PR_SET_CHILD_SUBREAPER, 1)
         base = "/tmp" if self.private_tmp else os.environ.get("TMPDIR", "/tmp")
@@ -87,6 +94,8 @@ class Server:
         os.mkdir(self.workroot, 0o711)
         os.chmod(self.workroot, 0o711)
         self.next_child: tuple[int, int, int, int, int, int] | None = None
+        self.python_in_tmp = {d for d in _isolation._python_dirs()
+                              if any(d.startswith(t + "/") for t in _isolation.SHARED_TMP)} if self.private_tmp else set()
         self.outer = outer
         if not self.drop and not self.private_tmp:
             self._clean_shared_tmp = lambda: None  # type: ignore[method-assign]  # same uid as the host: touch nothing
@@ -132,8 +141,18 @@ class Server:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _clean_shared_tmp(self) -> None:
-        """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind)."""
-        for d in _isolation.SHARED_TMP:
+        """Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run (or stay behind).
+
+        Rootless, the run's uid owns these directories and the work root too (there is only one uid): it
+        may have changed their modes or left files in the work root, so both are put back as well.
+        """
+        dirs = _isolation.SHARED_TMP + ((self.workroot,) if self.userns else ())
+        for d in dirs:
+            if self.userns:
+                try:
+                    os.chmod(d, 0o711 if d == self.workroot else 0o1777)
+                except OSError:
+                    pass
             try:
                 entries = list(os.scandir(d))
             except OSError:
@@ -146,12 +165,25 @@ class Server:
                         # A run writes only as its own uid; anything else is the server's (e.g. the
                         # read-only bind of a venv that lives under /tmp) or, on the host, not ours.
                         continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
+                    self._remove(entry)
                 except OSError:
                     pass
+
+    def _remove(self, entry: os.DirEntry) -> None:
+        """Remove what a run left, except the way down to the interpreter's read-only binds (a venv under
+        /tmp): rmtree would try every file of the venv, in vain, after every run."""
+        if not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
+        elif entry.path in self.python_in_tmp:
+            return
+        elif any(d.startswith(entry.path + "/") for d in self.python_in_tmp):
+            for inner in list(os.scandir(entry.path)):
+                try:
+                    self._remove(inner)
+                except OSError:
+                    pass
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
     def prefork(self) -> None:
         """Fork the next run's child now, while the harness reads the last result.
@@ -346,7 +378,7 @@ class Server:
     def serve(self) -> None:
         send_msg(self.sock, {"layers": self.layers, "uid": self.uid, "workroot": self.workroot,
                              "outer_pid": self.outer, "pidns": self.pidns, "engine": "python",
-                             "modules": sorted(sys.modules)})
+                             "modules": sorted(sys.modules), "blocker": _isolation.blocker})
         while True:
             raw = recv_exact(self.sock, _wire.REQUEST.size)
             if raw is None:
@@ -447,14 +479,17 @@ def _child(server: Server, fds: tuple[int, int, int, int, int]) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
         resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        nproc = lim["nproc"]
-        if not server.drop:  # shared uid: allow what it already runs plus the run's share
+        nproc = lim["nproc"] + server.nproc_extra
+        if not server.drop and not server.userns:  # shared uid: allow what it already runs plus the run's share
             nproc += _count_own_processes()
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if server.drop:
             os.setgroups([])
             os.setresgid(server.gid, server.gid, server.gid)
             os.setresuid(server.uid, server.uid, server.uid)
+        elif server.userns:
+            _isolation.drop_capabilities()
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's, as in a fresh interpreter
         os.write(SETUP_FD, b"ok")  # environment, argv, sys.path and stdio: see _runner.prepare_children
         os.close(SETUP_FD)
     except BaseException as e:  # noqa: BLE001
@@ -496,18 +531,21 @@ def main(argv: list[str]) -> None:
     preload = IMAGES[_option(argv, "--image") or "full"]
     zygote = _engine_c.read_zygote(_option(argv, "--zygote"))
     server = Server(sock, namespaces="--no-namespaces" not in argv, drop="--no-drop" not in argv)
-    full = server.pidns and server.drop and {"private_root", "private_tmp"} <= set(server.layers)
+    full = server.pidns and (server.drop or server.userns) and {"private_root", "private_tmp"} <= set(server.layers)
     if zygote and full:
         try:
             _engine_c.exec_zygote(server, zygote, preload)  # does not return
         except OSError:
             pass  # stay on the Python engine; the hello says which engine answers
     _engine_c.seccomp_from(_option(argv, "--zygote"), server.layers)  # the reduced modes still get the filter
+    _isolation.fit_threads()
     for name in preload:
         try:
             __import__(name)
         except ImportError:
             pass
+    if "private_root" in server.layers:
+        _isolation.seal_root()
     server.prepare_children()
     import gc
 

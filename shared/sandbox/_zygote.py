@@ -1,6 +1,6 @@
 """The C engine's interpreter: preload, freeze, then let zygote.c's serve() fork one child per run.
 
-_server.py execs `python -I /.lorafleet-zygote/_zygote.py FD UID GID WORKDIR WORKROOT PRELOAD HELLO LAYERS` once
+_server.py execs `python -I /.lorafleet-zygote/_zygote.py FD UID GID WORKDIR WORKROOT PRELOAD HELLO LAYERS MODE` once
 the namespaces and the minimal root are in place (this directory is a root-owned copy inside that root).
 A fresh interpreter holds only what a child needs, so each fork copies less than a fork of the process
 that set everything up. serve() returns None when the harness leaves, and (code, payload) in a child.
@@ -23,6 +23,11 @@ def main(argv: list[str]) -> None:
             __import__(name)
         except ImportError:
             pass
+    # MODE: rootless (0/1), extra processes RLIMIT_NPROC counts, malloc arenas, thread stack (_isolation.fit_threads)
+    rootless, nproc_extra, arenas, stack = (int(x) for x in argv[8].split(","))
+    import _thread
+
+    _thread.stack_size(stack)
     _runner.prepare_children(workdir)
     layers = argv[7].split(",")
     try:
@@ -39,7 +44,7 @@ def main(argv: list[str]) -> None:
     names = lambda items: ", ".join(f'"{x}"' for x in items)  # noqa: E731
     hello = (argv[6][:-1] + f', "layers": [{names(layers)}], "modules": [{names(sorted(sys.modules))}]}}').encode()
     os.write(fd, len(hello).to_bytes(4, "big") + hello)
-    got = _lorafleet_zygote.serve(fd, uid, gid, workdir, workroot)
+    got = _lorafleet_zygote.serve(fd, uid, gid, workdir, workroot, rootless, nproc_extra, arenas)
     if got is None:
         return  # the harness closed the socket; the namespace ends with this process
     code, payload = got

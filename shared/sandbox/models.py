@@ -13,7 +13,8 @@ JudgeVerdict = Literal[
     "passed", "wrong_answer", "time_limit", "memory_limit", "runtime_error", "output_limit", "sandbox_error"
 ]
 
-# Every layer the sandbox can put around a run; `require_isolation` demands all of them.
+# Every layer the sandbox can put around a run; `require_isolation` demands all of them but one of each
+# ALTERNATIVES pair (see missing_layers).
 ALL_LAYERS = (
     "process_group",
     "pid_namespace",
@@ -24,6 +25,7 @@ ALL_LAYERS = (
     "uts_namespace",
     "private_tmp",
     "uid_drop",
+    "user_namespace",
     "no_new_privs",
     "seccomp",
     "clean_env",
@@ -31,7 +33,27 @@ ALL_LAYERS = (
     "rlimits",
     "wall_clock",
     "output_cap",
+    "memory_address_space",
 )
+# Root mode runs a program as a uid of its own (uid_drop); rootless mode as the caller's uid mapped to root
+# of a user namespace, with no capabilities, the private root and pid namespace hiding the caller's data.
+ALTERNATIVES = (("uid_drop", "user_namespace"),)
+# Without these the sandbox is in its reduced mode: refused unless LORAFLEET_SANDBOX_ALLOW_REDUCED=1.
+NAMESPACE_LAYERS = ("pid_namespace", "net_namespace", "mount_namespace", "private_root", "private_tmp")
+
+
+def missing_layers(layers: list[str] | tuple[str, ...]) -> list[str]:
+    """The layers `require_isolation` asks for that are not in `layers` (an alternative pair as `a|b`)."""
+    have = set(layers)
+    paired = {x for pair in ALTERNATIVES for x in pair}
+    missing = [x for x in ALL_LAYERS if x not in paired and x not in have]
+    return missing + ["|".join(pair) for pair in ALTERNATIVES if not have & set(pair)]
+
+
+def reduced(layers: list[str] | tuple[str, ...]) -> list[str]:
+    """What makes a server's mode reduced: missing namespace layers, or neither uid drop nor user namespace."""
+    have = set(layers)
+    return [x for x in NAMESPACE_LAYERS if x not in have] + ["|".join(p) for p in ALTERNATIVES if not have & set(p)]
 
 MiB = 1024 * 1024
 # A run may idle (sleep, wait for input or a lock) this long past its CPU time limit: the wall time it
@@ -53,7 +75,8 @@ class RunLimits(BaseModel):
                                  description="wall-clock ceiling whatever the load; default 3 x time_s + 5")
     idle_slack_s: float = Field(default=IDLE_SLACK_S, ge=0, le=60,
                                 description="how long past time_s a run may idle (see idle_s)")
-    memory_mb: int = Field(default=512, ge=32, le=65536, description="address space per process (RLIMIT_AS)")
+    memory_mb: int = Field(default=512, ge=32, le=65536, description="address space per process (RLIMIT_AS; "
+                           "thread stacks and malloc arenas sized so that 16 threads fit in 256 MiB)")
     output_bytes: int = Field(default=4 * MiB, ge=1024, description="stdout cap, enforced while reading")
     stderr_bytes: int = Field(default=256 * 1024, ge=1024, description="stderr cap, enforced while reading")
     file_size_mb: int = Field(default=64, ge=1, description="largest file the program may write (RLIMIT_FSIZE)")

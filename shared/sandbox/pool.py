@@ -23,7 +23,7 @@ from lorafleet.shared.problems import TestCase
 from lorafleet.shared.sandbox import _server, _wire
 from lorafleet.shared.sandbox._server import IMAGES
 from lorafleet.shared.sandbox.images import image_for
-from lorafleet.shared.sandbox.models import ALL_LAYERS, Judgement, RunLimits, RunResult
+from lorafleet.shared.sandbox.models import ALL_LAYERS, Judgement, RunLimits, RunResult, missing_layers, reduced
 from lorafleet.shared.sandbox.verdicts import CallGrade, grade, grade_calls, run_result
 from lorafleet.shared.sandbox.zygote_build import engine_setting, zygote_library
 
@@ -92,6 +92,7 @@ class ForkServer:
         self.pidns: bool = info["pidns"]
         self.engine: str = info["engine"]  # "c" (zygote.c) or "python" (_server.py)
         self.modules: frozenset[str] = frozenset(info["modules"])  # what a program finds imported
+        self.blocker: str | None = info.get("blocker")  # why namespaces could not be made, if they weren't
         self.pid = self.proc.pid
 
     def execute(self, code: str, stdin: str, limits: RunLimits, payload: bytes) -> tuple[dict, bytes, bytes]:
@@ -140,6 +141,9 @@ class Sandbox:
     """Runs untrusted code on a pool of warm fork servers. Thread-safe; `close()` stops the servers.
 
     engine: "auto" | "c" | "python" (default $LORAFLEET_SANDBOX_ENGINE, see zygote_build).
+    allow_reduced: run even where a server can only have the reduced mode (no namespaces or private root:
+    the program sees the host's tree with the caller's rights); default $LORAFLEET_SANDBOX_ALLOW_REDUCED
+    (off): such a server is refused with IsolationUnavailable naming what blocks the namespaces.
     pin_cpus: each server and its children stay on one CPU, spread over the CPUs this process may use
     (fork's page-table copy and the child's copy-on-write faults stay on one CPU's caches, and fork
     needs no cross-CPU TLB flush: ~10% less CPU per run). Default $LORAFLEET_SANDBOX_PIN (on); turn it
@@ -147,8 +151,11 @@ class Sandbox:
     """
 
     def __init__(self, namespaces: bool = True, drop_privileges: bool = True, max_servers: int = 64,
-                 engine: str | None = None, pin_cpus: bool | None = None) -> None:
+                 engine: str | None = None, pin_cpus: bool | None = None, allow_reduced: bool | None = None) -> None:
         self.namespaces = namespaces
+        if allow_reduced is None:
+            allow_reduced = allow_reduced_setting()
+        self.allow_reduced = allow_reduced
         self.drop_privileges = drop_privileges
         self.max_servers = max_servers
         self.engine = engine or engine_setting()
@@ -196,13 +203,18 @@ class Sandbox:
     def _start_server(self, image: str, cpu: int | None) -> ForkServer:
         zygote = zygote_library(self.engine)
         try:
-            return ForkServer(self.namespaces, self.drop_privileges, zygote, image, cpu)
+            server = ForkServer(self.namespaces, self.drop_privileges, zygote, image, cpu)
         except ServerDied:
             if zygote is None or self.engine == "c":
                 raise
             log.warning("the sandbox's C engine did not start; using the Python engine", exc_info=True)
             self.engine = "python"
-            return ForkServer(self.namespaces, self.drop_privileges, None, image, cpu)
+            server = ForkServer(self.namespaces, self.drop_privileges, None, image, cpu)
+        lacking = reduced(server.layers)
+        if lacking and not self.allow_reduced:
+            server.close()
+            raise IsolationUnavailable(reduced_mode_message(lacking, server.blocker, self.namespaces))
+        return server
 
     def _release(self, server: ForkServer, healthy: bool) -> None:
         with self._cond:
@@ -247,10 +259,10 @@ class Sandbox:
         except ServerDied as e:
             return RunResult(verdict="sandbox_error", detail=str(e))
         if limits.require_isolation:
-            missing = [layer for layer in ALL_LAYERS if layer not in server.layers]
+            missing = missing_layers(server.layers)
             if missing:
                 self._release(server, True)
-                how = ("run as root on Linux with namespaces enabled" if missing != ["seccomp"] else
+                how = (f"{server.blocker or 'namespaces are off'}; see docs/sandbox.md" if missing != ["seccomp"] else
                        "the seccomp filter comes with the C engine: install a C compiler and Python's headers")
                 raise IsolationUnavailable(
                     f"refusing to run: isolation layers unavailable: {', '.join(missing)} "
@@ -349,6 +361,25 @@ class Sandbox:
     async def ajudge(self, code: str, tests: Sequence[TestCase], limits: RunLimits | None = None,
                      exact: bool = False) -> Judgement:
         return await asyncio.to_thread(self.judge, code, tests, limits, exact)
+
+
+def allow_reduced_setting() -> bool:
+    return os.environ.get("LORAFLEET_SANDBOX_ALLOW_REDUCED", "0").strip().lower() in ("1", "true", "yes")
+
+
+def reduced_mode_message(lacking: list[str], blocker: str | None, namespaces: bool = True) -> str:
+    why = blocker or ("namespaces were turned off (namespaces=False or LORAFLEET_SANDBOX_NAMESPACES=0)"
+                      if not namespaces else "namespaces are unavailable")
+    return (f"refusing to run generated code in the sandbox's reduced mode (missing: {', '.join(lacking)}): {why}. "
+            "Allow namespaces (see docs/sandbox.md, 'Three modes'), or set LORAFLEET_SANDBOX_ALLOW_REDUCED=1 to run "
+            "programs with the host's tree visible and these layers missing")
+
+
+def check_isolation(sandbox: Sandbox | None = None) -> list[str]:
+    """Start one server now and return its layers; IsolationUnavailable where only the reduced mode is possible
+    and it was not allowed (a service calls this at start-up, so that it refuses to start rather than fail
+    on its first program)."""
+    return (sandbox or default_sandbox()).layers()
 
 
 def map_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:

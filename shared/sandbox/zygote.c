@@ -9,7 +9,7 @@
  * _zygote.py loads this module into a fresh interpreter that is already pid 1 of the server's
  * namespaces, inside its minimal root (see _server.py), and calls
  *
- *     serve(sock_fd, uid, gid, workdir, workroot)
+ *     serve(sock_fd, uid, gid, workdir, workroot[, rootless, nproc_extra, malloc_arenas])
  *
  * which answers requests (the format of _wire.py) until the harness closes the socket, and returns None
  * then. A child forked for the next run comes back from serve() too: with (code, payload), once it is in
@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <grp.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -105,6 +106,8 @@ typedef struct {
     int sock;
     uid_t uid;
     gid_t gid;
+    int rootless;      /* root of a user namespace: no uid to drop to; the child drops its capabilities */
+    int nproc_extra;   /* processes of that namespace besides the run, which RLIMIT_NPROC counts too */
     const char *workdir, *workroot;
     char program[4096];
 } config_t;
@@ -190,11 +193,15 @@ static void reap(void) {
 }
 
 /* Nothing a run wrote to /tmp, /var/tmp or /dev/shm may reach the next run: remove what its uid owns.
- * getdents64 into a stack buffer, not opendir: opendir's heap buffer costs copy-on-write faults. */
+ * getdents64 into a stack buffer, not opendir: opendir's heap buffer costs copy-on-write faults.
+ * Rootless, the run's uid owns these directories and the work root too (there is only one uid): it may
+ * have changed their modes or left files in the work root, so both are put back as well. */
 static void clean_shared_tmp(const config_t *cfg) {
-    static const char *dirs[] = {"/tmp", "/var/tmp", "/dev/shm"};
+    /* the work root is empty between runs: everything in it is the run's */
+    const char *dirs[] = {"/tmp", "/var/tmp", "/dev/shm", cfg->rootless ? cfg->workroot : NULL};
     char path[4096], ents[2048];
-    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs && dirs[d]; d++) {
+        if (cfg->rootless) chmod(dirs[d], d < 3 ? 01777 : 0711);
         int dfd = open(dirs[d], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0) continue;
         long n;
@@ -330,6 +337,18 @@ static int setlimit(int resource, rlim_t soft, rlim_t hard) {
     return setrlimit(resource, &r);
 }
 
+/* A run as root of its user namespace gives up every capability for good (_isolation.drop_capabilities):
+ * securebits first, so that an exec as uid 0 gives none back, then the bounding and ambient sets, then
+ * the capability sets themselves. */
+static int drop_caps(void) {
+    if (prctl(PR_SET_SECUREBITS, 1 | 2 | 4 | 8 | 32, 0, 0, 0) != 0) return -1; /* NOROOT, NO_SETUID_FIXUP, locked */
+    for (unsigned long cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0; cap++) {}
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct { uint32_t version; int pid; } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
+    uint32_t data[6] = {0};
+    return (int)syscall(SYS_capset, &header, data);
+}
+
 /* Set up what doesn't depend on the request, wait for it, then limit, drop and hand the program to
  * Python. Returns (code, payload), or NULL with an exception set (then the caller exits). */
 static PyObject *child_main(const config_t *cfg, int fds[5]) {
@@ -367,9 +386,11 @@ static PyObject *child_main(const config_t *cfg, int fds[5]) {
     rlim_t cpu = (rlim_t)c + ((double)(rlim_t)c < c);
     if (setlimit(RLIMIT_CPU, cpu, cpu + 1) || setlimit(RLIMIT_AS, lim.memory_bytes, lim.memory_bytes)
         || setlimit(RLIMIT_FSIZE, lim.fsize_bytes, lim.fsize_bytes) || setlimit(RLIMIT_NOFILE, lim.nofile, lim.nofile)
-        || setlimit(RLIMIT_CORE, 0, 0) || setlimit(RLIMIT_NPROC, lim.nproc, lim.nproc))
+        || setlimit(RLIMIT_CORE, 0, 0) || setlimit(RLIMIT_NPROC, lim.nproc + cfg->nproc_extra, lim.nproc + cfg->nproc_extra))
         setup_failed("setrlimit");
-    if (setgroups(0, NULL) || setresgid(cfg->gid, cfg->gid, cfg->gid) || setresuid(cfg->uid, cfg->uid, cfg->uid))
+    if (cfg->rootless) {
+        if (drop_caps() != 0) setup_failed("drop capabilities");
+    } else if (setgroups(0, NULL) || setresgid(cfg->gid, cfg->gid, cfg->gid) || setresuid(cfg->uid, cfg->uid, cfg->uid))
         setup_failed("drop to the run's uid");
     if (write(SETUP_FD, "ok", 2) != 2) _exit(125);
     close(SETUP_FD);
@@ -624,9 +645,15 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     (void)self;
     config_t cfg = {0};
     unsigned int uid, gid;
-    if (!PyArg_ParseTuple(args, "iIIss", &cfg.sock, &uid, &gid, &cfg.workdir, &cfg.workroot)) return NULL;
+    int arenas = 0;
+    if (!PyArg_ParseTuple(args, "iIIss|iii", &cfg.sock, &uid, &gid, &cfg.workdir, &cfg.workroot, &cfg.rootless,
+                          &cfg.nproc_extra, &arenas))
+        return NULL;
     cfg.uid = uid;
     cfg.gid = gid;
+    /* RLIMIT_AS counts reserved address space: one malloc arena, not one 64 MiB heap per thread (see
+     * _isolation.fit_threads; inherited by every child). */
+    if (arenas > 0) mallopt(M_ARENA_MAX, arenas);
     snprintf(cfg.program, sizeof cfg.program, "%s/solution.py", cfg.workdir);
     static run_t r;
     child_t next = {.pid = -1};
@@ -676,7 +703,8 @@ static PyObject *seccomp(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"seccomp", seccomp, METH_NOARGS, "install the deny-list filter on this process (so on every child it forks: "
                                       "compiling a filter per child cost ~0.09 ms of CPU)"},
-    {"serve", serve, METH_VARARGS, "serve(sock_fd, uid, gid, workdir, workroot): run programs until the harness leaves; "
+    {"serve", serve, METH_VARARGS, "serve(sock_fd, uid, gid, workdir, workroot[, rootless, nproc_extra, arenas]): "
+                                   "run programs until the harness leaves; "
                                    "returns None there, and (code, payload) in each run's child."},
     {NULL, NULL, 0, NULL},
 };

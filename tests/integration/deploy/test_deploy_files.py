@@ -337,3 +337,44 @@ def test_hpa_schema_rejects_a_broken_autoscaler(k8s_validators, k8s_docs):
     broken["spec"]["minReplica"] = 2  # typo
     broken["spec"]["metrics"][0]["resource"]["target"]["type"] = 70
     assert len(_validate_k8s(k8s_validators, broken)) >= 2
+
+
+# ------------------------------------------------------------------ sandbox isolation in containers
+
+SANDBOXED = {"evaluator", "ingest"}  # the services that run generated / dataset code in the sandbox
+SECCOMP_PROFILE = DEPLOY / "docker" / "sandbox-seccomp.json"
+
+
+def test_sandboxed_pods_get_full_isolation_without_privileges(k8s_docs):
+    """User namespace for the pod, an unmasked /proc, a seccomp profile that lets uid 10001 make namespaces
+    (the file the nodes hold), no AppArmor confinement; never privileged, no capabilities, no root.
+    tests/integration/sandbox/test_rootless.py runs the sandbox under the same seccomp profile."""
+    deployments = {d["metadata"]["name"]: d for _, d in k8s_docs if d["kind"] == "Deployment"}
+    for name in SANDBOXED:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert pod["hostUsers"] is False, name
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+        assert sc["seccompProfile"] == {"type": "Localhost", "localhostProfile": f"lorafleet/{SECCOMP_PROFILE.name}"}
+        assert sc["appArmorProfile"] == {"type": "Unconfined"}
+        csc = pod["containers"][0]["securityContext"]
+        assert csc["procMount"] == "Unmasked" and csc["allowPrivilegeEscalation"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]} and not csc.get("privileged")
+    for name in SERVICES - SANDBOXED:  # the others keep the runtime's defaults
+        assert "hostUsers" not in deployments[name]["spec"]["template"]["spec"], name
+
+
+def test_sandboxed_compose_services_get_the_same_settings(compose):
+    for name in SANDBOXED:
+        opts = compose["services"][name]["security_opt"]
+        assert opts == [f"seccomp={SECCOMP_PROFILE.name}", "apparmor=unconfined", "systempaths=unconfined"], name
+        assert "privileged" not in compose["services"][name] and "cap_add" not in compose["services"][name]
+    assert (COMPOSE_FILES[0].parent / SECCOMP_PROFILE.name).is_file()
+
+
+def test_the_seccomp_profile_lets_the_sandbox_build_its_namespaces():
+    profile = json.loads(SECCOMP_PROFILE.read_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = {n for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ERRNO" for n in rule["names"]}
+    assert not denied & {"unshare", "clone", "clone3", "mount", "umount2", "pivot_root", "seccomp", "prctl"}
+    assert {"bpf", "ptrace", "kexec_load", "init_module", "keyctl", "userfaultfd", "io_uring_setup"} <= denied

@@ -102,7 +102,14 @@ def test_require_isolation_refuses_without_namespaces(tmp_path):
     prog = tmp_path / "p.py"
     prog.write_text("print('ran')\n")
     exe = Path(sys.executable).with_name("lorafleet")
-    env = {"PATH": "/usr/bin:/bin", "LORAFLEET_SANDBOX_NAMESPACES": "0"}
+    env = {"PATH": "/usr/bin:/bin", "LORAFLEET_SANDBOX_NAMESPACES": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[3])}  # this checkout's code, installed or not
+    # The reduced mode is refused outright unless opted into...
+    out = subprocess.run([str(exe), "sandbox", "run", str(prog)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "ran" not in out.stdout
+    assert "LORAFLEET_SANDBOX_ALLOW_REDUCED=1" in out.stderr and "namespaces were turned off" in out.stderr
+    env["LORAFLEET_SANDBOX_ALLOW_REDUCED"] = "1"
+    # ... and even then --require-isolation refuses it.
     out = subprocess.run([str(exe), "sandbox", "run", str(prog), "--require-isolation"], capture_output=True,
                          text=True, timeout=60, env=env)
     assert out.returncode == 2 and "ran" not in out.stdout

@@ -21,12 +21,13 @@ import pytest
 
 from lorafleet.shared.problems import TestCase as Case
 from lorafleet.shared.sandbox import IsolationUnavailable, RunLimits, RunResult, Sandbox, machine_workers, zygote_build
+from lorafleet.shared.sandbox.models import missing_layers
 
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "sandbox" / "hostile"
 FAST = RunLimits(time_s=1, wall_s=3, memory_mb=256, processes=16)
 SECRET = "s3cret-the-harness-holds"
 ANSWER = "the-answer-4242"
-IS_ROOT = os.geteuid() == 0  # without root the sandbox runs with fewer layers; the tests assert what is reported
+IS_ROOT = os.geteuid() == 0  # root mode (uid drop) or, as an ordinary user, rootless mode (user namespace)
 
 
 @pytest.fixture(scope="module", params=["c", "python"], ids=["c-engine", "python-engine"])
@@ -105,6 +106,21 @@ def run_uids(sb: Sandbox) -> set[int]:
     return {s.uid for s in sb.servers() if "uid_drop" in s.layers}
 
 
+def namespace_processes(pid1: int) -> list[int]:
+    """Every process of a server's pid namespace but its pid 1 (host pids, by walking its descendants)."""
+    out, todo = [], [pid1]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                kids = [int(x) for x in open(f"/proc/{p}/task/{tid}/children").read().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            continue
+    return out
+
+
 @dataclass
 class Hostile:
     name: str
@@ -180,8 +196,13 @@ HOSTILES = [
 
 
 def assert_clean(sb: Sandbox) -> None:
-    """No process of any run uid on the host, and each server's private /tmp holds only its empty work root."""
+    """No process of any run uid on the host, no process of a run in any server's pid namespace, and each
+    server's private /tmp holds only its empty work root."""
     assert uid_processes(run_uids(sb)) == []
+    for server in sb.servers():
+        if "pid_namespace" in server.layers:  # rootless: the run shares the caller's uid, so look inside
+            inner = int(open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()[0])
+            assert len(namespace_processes(inner)) <= 1  # at most the next run's idle pre-forked child
     for server in sb.servers():
         if "private_tmp" not in server.layers:
             continue
@@ -211,10 +232,9 @@ def test_reading_the_expected_output_gets_nothing(sandbox, world):
     problem_file.write_text(json.dumps({"tests": [test.model_dump()]}))
     assert (HOSTILE.parent / "expected_output.txt").read_text().strip() == ANSWER
     j = sandbox.judge(program("read_expected", world["subs"]), [test], FAST)
-    assert "private_root" in j.isolation or not IS_ROOT
-    if "private_root" in j.isolation:  # without it a world-readable file on the host is readable
-        assert j.verdict == "wrong_answer", j
-        assert ANSWER not in j.detail.split("got")[-1]
+    assert "private_root" in j.isolation  # root and rootless alike
+    assert j.verdict == "wrong_answer", j
+    assert ANSWER not in j.detail.split("got")[-1]
 
 
 def test_all_hostiles_at_twice_the_cores_leave_nothing_behind(sandbox, world):
@@ -259,7 +279,9 @@ def test_closing_the_sandbox_ends_every_server_and_namespace():
 def test_fewer_layers_still_contain_and_are_reported(world, namespaces, drop):
     """Where namespaces (or root) are missing the sandbox still runs, says which layers are missing,
     still kills daemons and leaves no files, and require_isolation refuses to run."""
-    sb = Sandbox(namespaces=namespaces, drop_privileges=drop)
+    with pytest.raises(IsolationUnavailable, match="LORAFLEET_SANDBOX_ALLOW_REDUCED=1"):  # not without the opt-in
+        Sandbox(namespaces=namespaces, drop_privileges=drop, allow_reduced=False).run("print(1)")
+    sb = Sandbox(namespaces=namespaces, drop_privileges=drop, allow_reduced=True)
     try:
         r = sb.run(program("daemon", world["subs"]), "", FAST)
         assert r.verdict == "ok"
@@ -299,8 +321,9 @@ def assert_no_descendants_but_servers(sb: Sandbox) -> None:
 
 
 def test_require_isolation_runs_when_every_layer_is_there(sandbox):
-    if not set(sandbox.layers()) >= set(__import__("lorafleet.shared.sandbox", fromlist=["ALL_LAYERS"]).ALL_LAYERS):
+    if missing_layers(sandbox.layers()):  # the Python engine has no seccomp filter
         with pytest.raises(IsolationUnavailable):
             sandbox.run("print(1)", "", RunLimits(require_isolation=True))
         return
     assert sandbox.run("print(1)", "", RunLimits(require_isolation=True)).stdout == "1\n"
+    assert ("uid_drop" if IS_ROOT else "user_namespace") in sandbox.layers()
