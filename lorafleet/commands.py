@@ -22,6 +22,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
     root.command("status")(status)
     events.command("tail")(tail)
     events.command("schema")(schema)
+    events.command("replay")(replay)
 
 
 def _setup_logging() -> None:
@@ -34,17 +35,21 @@ def _setup_logging() -> None:
 
 
 def serve(
-    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry")],
+    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry | dashboard")],
+    port: Annotated[Optional[int], typer.Option(
+        "--port", min=0, max=65535, help="HTTP port of a web service (dashboard); else LORAFLEET_<SERVICE>_PORT")] = None,
 ) -> None:
     """Run one service replica (start it N times for N replicas: they share one durable consumer)."""
-    from lorafleet.fleet import SERVICES, load_service
+    from lorafleet.fleet import SERVICES, WEB_SERVICES, load_service
     from lorafleet.shared.settings import get_settings
 
-    if service not in SERVICES:
+    if port is not None:
+        os.environ[f"LORAFLEET_{service.upper()}_PORT"] = str(port)
+    if service not in SERVICES + WEB_SERVICES:
         try:
             svc = load_service(service)
         except LorafleetError:
-            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}") from None
+            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES + WEB_SERVICES)}") from None
     else:
         svc = load_service(service)
     settings = get_settings()
@@ -63,14 +68,14 @@ def up(
 
     Ctrl-C stops all of it and leaves no process behind.
     """
-    from lorafleet.fleet import SERVICES
+    from lorafleet.fleet import SERVICES, WEB_SERVICES
     from lorafleet.shared.settings import get_settings
     from lorafleet.up import Supervisor
 
-    chosen = list(service or SERVICES)
-    unknown = [s for s in chosen if s not in SERVICES]
+    chosen = list(service or SERVICES + WEB_SERVICES)
+    unknown = [s for s in chosen if s not in SERVICES + WEB_SERVICES]
     if unknown:
-        raise LorafleetError(f"unknown service(s) {', '.join(unknown)}: choose from {', '.join(SERVICES)}")
+        raise LorafleetError(f"unknown service(s) {', '.join(unknown)}: choose from {', '.join(SERVICES + WEB_SERVICES)}")
     replicas = {s: 1 for s in chosen}
     for item in scale or []:
         name, _, count = item.partition("=")
@@ -180,6 +185,26 @@ def schema(
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         tmp.replace(path)
     print(f"wrote {len(schemas)} schemas to {out}", file=sys.stderr)
+
+
+def replay(
+    seq: Annotated[int, typer.Argument(min=1, help="stream sequence of the dead letter (`lorafleet events tail --json`, the dashboard's /services)")],
+) -> None:
+    """Publish a dead letter's original message again, so its service gets it once more."""
+    from lorafleet.shared.bus import connect
+    from lorafleet.shared.dead_letters import replay as replay_dead_letter
+    from lorafleet.shared.settings import get_settings
+
+    async def run() -> tuple[Any, int]:
+        settings = get_settings()
+        nc = await connect(settings, name="lorafleet-replay", reconnect_forever=False)
+        try:
+            return await replay_dead_letter(nc.jetstream(), seq, timeout=settings.publish_timeout_s)
+        finally:
+            await nc.close()
+
+    letter, new_seq = asyncio.run(run())
+    print(f"dead letter {seq} ({letter.service}, {letter.reason}) replayed on {letter.subject} as stream sequence {new_seq}")
 
 
 def tail(

@@ -6,6 +6,8 @@ from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.service import Service
 
 SERVICES = ("ingest", "enrich", "trainer", "evaluator", "registry")
+# HTTP services: no durable consumer of their own; `lorafleet up` starts them too.
+WEB_SERVICES = ("dashboard",)
 
 
 def load_service(name: str) -> Service:

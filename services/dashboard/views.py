@@ -106,7 +106,9 @@ def training_curve(events: list[Rec]) -> dict[str, Any]:
             by_step[int(e.data["step"])] = e.data
     steps = sorted(by_step)
     col = lambda key: [by_step[s].get(key) for s in steps]  # noqa: E731
-    last = by_step[steps[-1]] if steps else None
+    last = dict(by_step[steps[-1]]) if steps else None
+    if last is not None and last.get("loss") is None:  # the final report carries no loss: show the last one seen
+        last["loss"] = next((by_step[s]["loss"] for s in reversed(steps) if by_step[s].get("loss") is not None), None)
     return {
         "step": steps, "loss": col("loss"), "eval_loss": col("eval_loss"), "eval_pass_at_1": col("eval_pass_at_1"),
         "learning_rate": col("learning_rate"),
@@ -246,6 +248,8 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
     s = {candidate: 0, control_v: 0}
     points: list[dict[str, Any]] = []
     for o in outcomes:
+        if decision is not None and o.seq > decision.seq:
+            break  # after the decision the outcomes belong to the new arrangement, not to this test
         v = o.data.get("version")
         if o.data.get("adapter_name") != state.name or v not in n:
             continue

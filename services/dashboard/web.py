@@ -340,7 +340,11 @@ async def serve(reader: Reader, host: str, port: int, token: str | None, stop: a
     connecting = asyncio.create_task(reader.keep_connected(stop))
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LorafleetError(f"the dashboard can't listen on {host}:{port} ({exc.strerror or exc}): "
+                                 "pick another with --port or LORAFLEET_DASHBOARD_PORT") from None
         bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
         if on_ready:
             on_ready(host, bound)

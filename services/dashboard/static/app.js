@@ -27,6 +27,7 @@ function h(tag, attrs, ...children) {
   return el;
 }
 const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : (typeof x === "number" ? (Number.isInteger(x) ? String(x) : x.toFixed(d)) : String(x));
+const fixed = (x, d = 3) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
 const pct = (x, d = 1) => (x === null || x === undefined) ? "–" : (100 * x).toFixed(d) + "%";
 const secs = (s) => s === null || s === undefined ? "–" : s < 90 ? s.toFixed(1) + " s" : s < 5400 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(1) + " h";
 const when = (iso) => iso ? new Date(iso).toLocaleString([], { hour12: false }) : "–";
@@ -54,10 +55,10 @@ function plot(target, title, series, data, opts = {}) {
   const width = Math.max(320, target.clientWidth || 600);
   const u = new uPlot({
     title, width, height: opts.height || 220,
-    scales: { x: { time: false }, y: opts.y || {} },
+    scales: { x: opts.xrange ? { time: false, range: opts.xrange } : { time: false }, y: opts.y || {} },
     axes: [{ label: opts.xlabel || "" }, { label: opts.ylabel || "", size: 56 }],
     series: [{ label: opts.xlabel || "x" }, ...series],
-    legend: { live: true },
+    legend: { live: false },
     bands: opts.bands,
     cursor: { drag: { x: false, y: false } },
   }, data, target);
@@ -224,8 +225,8 @@ function renderAdapter(d) {
     d.versions.map((v) => h("tr", { "data-version": v.version },
       td("v" + v.version), td(pill(v.status)), tdn(v.lora_int_id ?? "–"), tdn(v.rank), td(when(v.created_at)),
       td(v.gate_passed ? pill("passed") : h("span", { title: v.reasons.join("; ") }, pill("failed"))),
-      tdn(fmt(v.pass_at_1), { "data-testid": `pass1-v${v.version}` }), tdn(fmt(v.base_pass_at_1)),
-      tdn(v.delta_pass_at_1 == null ? "–" : `${fmt(v.delta_pass_at_1)} [${fmt(v.delta_ci[0])}, ${fmt(v.delta_ci[1])}]`),
+      tdn(fixed(v.pass_at_1), { "data-testid": `pass1-v${v.version}` }), tdn(fixed(v.base_pass_at_1)),
+      tdn(v.delta_pass_at_1 == null ? "–" : `${fixed(v.delta_pass_at_1)} [${fixed(v.delta_ci[0])}, ${fixed(v.delta_ci[1])}]`),
       tdn(v.requests, { "data-testid": `requests-v${v.version}` }), tdn(v.success_rate == null ? "–" : pct(v.success_rate)),
       tdn(fmt(v.mean_latency_ms, 1)))))));
   out.push(card("Rollback chain", d.rollback_chain.length ? h("div", { cls: "chain" },
@@ -346,9 +347,9 @@ function evaluationCard(ev, url) {
   return card("Evaluation", h("div", {},
     h("p", {}, `v${ev.version} · gate `, pill(ev.gate_passed ? "passed" : "failed"), " · from ", ev.source,
       url ? [" · ", h("a", { href: url, id: "report-link" }, "full HTML report")] : null),
-    dl ? h("p", { id: "delta" }, h("b", {}, "Δ pass@1 (adapter − base) = "), h("span", { "data-testid": "delta-mean" }, fmt(dl.mean, 4)),
-      ` ${Math.round(100 * dl.confidence)}% bootstrap CI [`, h("span", { "data-testid": "delta-low" }, fmt(dl.low, 4)), ", ",
-      h("span", { "data-testid": "delta-high" }, fmt(dl.high, 4)), `] over ${dl.problems} problems`) : null,
+    dl ? h("p", { id: "delta" }, h("b", {}, "Δ pass@1 (adapter − base) = "), h("span", { "data-testid": "delta-mean" }, fixed(dl.mean, 4)),
+      ` ${Math.round(100 * dl.confidence)}% bootstrap CI [`, h("span", { "data-testid": "delta-low" }, fixed(dl.low, 4)), ", ",
+      h("span", { "data-testid": "delta-high" }, fixed(dl.high, 4)), `] over ${dl.problems} problems`) : null,
     h("div", { cls: "grid" },
       h("div", {}, h("h2", {}, "Scores"), table(["metric", ...vs], ev.scores.map((r) => h("tr", {}, td(r.metric), vs.map((v) => tdn(fmt(r[v], 4), { "data-testid": `score-${r.metric}-${v}` })))))),
       h("div", {}, h("h2", {}, "Gate"), table(["criterion", "measured", "threshold", "result"], ev.gate.map((c) => h("tr", {},
@@ -364,6 +365,7 @@ function evaluationCard(ev, url) {
 
 const history = {};  // service -> [[t, pending, ack_pending, redelivered], ...] while this page is open
 const HISTORY_S = 600;
+const PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0c8599", "#f08c00", "#495057"];
 
 function servicesTable(rows, withPlots) {
   return table(["service", "pending", "in flight", "redelivered", "replicas waiting", "DLQ", "lost"],
@@ -396,14 +398,17 @@ function renderServices(d) {
   ];
   later(() => {
     const box = document.getElementById("svc-plots");
-    for (const s of d.services) {
-      const hist = history[s.service];
-      const div = h("div", { cls: "plot" }); box.append(div);
-      plot(div, s.service, [{ label: "pending", stroke: "#3b5bdb", width: 2 }, { label: "in flight", stroke: "#e8590c", width: 2 },
-        { label: "redelivered", stroke: "#c92a2a", width: 1 }],
-        [hist.map((p) => Math.round(p[0] - now)), hist.map((p) => p[1]), hist.map((p) => p[2]), hist.map((p) => p[3])],
-        { xlabel: "seconds ago", height: 160, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } });
-    }
+    const names = d.services.map((s) => s.service);
+    const times = [...new Set(names.flatMap((n) => history[n].map((p) => Math.round(p[0]))))].sort((a, b) => a - b);
+    const col = (n, i) => { const m = new Map(history[n].map((p) => [Math.round(p[0]), p[i]])); return times.map((t) => m.has(t) ? m.get(t) : null); };
+    const x = times.map((t) => t - Math.round(now));
+    const series = names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true }));
+    const range = { x: [Math.min(-60, x[0] ?? -60), 0] };
+    const waiting = names.map((n) => col(n, 1).map((v, j) => v === null ? null : v + col(n, 2)[j]));
+    const a = h("div", { cls: "plot" }), b = h("div", { cls: "plot" });
+    box.append(a, b);
+    plot(a, "waiting + in flight, per service", series, [x, ...waiting], { xlabel: "seconds ago", height: 200, xrange: range.x, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } });
+    plot(b, "redelivered (cumulative), per service", series, [x, ...names.map((n) => col(n, 3))], { xlabel: "seconds ago", height: 200, xrange: range.x, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } });
   });
   return out;
 }
