@@ -208,14 +208,16 @@ def version_rows(state: AdapterState) -> list[dict[str, Any]]:
 
 
 def _diff_interval(s1: int, n1: int, s2: int, n2: int, alpha: float) -> tuple[float, float] | None:
-    """Two-sided (1 - 2 alpha) normal interval of p1 - p2: the range the one-sided tests at alpha leave open."""
+    """Two-sided (1 - 2 alpha) interval of p1 - p2 (Agresti-Caffo: one success and one failure added to
+    each arm, so it stays honest at 0/n and n/n, where the plain normal interval collapses to a point).
+    It is the range the one-sided tests at alpha leave open; a display, not the registry's decision rule."""
     if not n1 or not n2:
         return None
-    p1, p2 = s1 / n1, s2 / n2
-    se = math.sqrt(max(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2, 0.0))
+    p1, p2 = (s1 + 1) / (n1 + 2), (s2 + 1) / (n2 + 2)
+    se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
     z = _normal_quantile(1 - alpha)
     d = p1 - p2
-    return d - z * se, d + z * se
+    return max(-1.0, d - z * se), min(1.0, d + z * se)
 
 
 def _normal_quantile(p: float) -> float:
@@ -277,7 +279,7 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
         "decision": ({"type": decision.type, "at": decision.at, "reason": decision.data.get("reason"),
                       "statistics": decision.data.get("statistics") or {}} if decision else None),
         "series": series,
-        "interval": f"{1 - 2 * settings.ab_alpha:.0%} normal interval of the difference (candidate - control)",
+        "interval": f"{1 - 2 * settings.ab_alpha:.0%} interval of the difference (candidate - control, Agresti-Caffo)",
     }
 
 
@@ -338,6 +340,12 @@ def services_view(stream: dict[str, Any], consumers: list[dict[str, Any]], dlq_c
 # --------------------------------------------------------------------------- live feed
 
 
+def _stats(stats: dict[str, Any]) -> str:
+    """A dataset event's counts, briefly (the keys differ by stage: show the numeric ones)."""
+    items = [(k, v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(f"{k} {v:g}" for k, v in items[:4])
+
+
 def brief(rec: Rec) -> dict[str, Any]:
     """What the live feed sends for one event: enough for a page to decide whether to refresh."""
     d = rec.data
@@ -351,6 +359,14 @@ def brief(rec: Rec) -> dict[str, Any]:
         "adapter.promoted": lambda: f"v{d.get('version')} promoted ({d.get('reason')})",
         "adapter.rolled_back": lambda: f"v{d.get('from_version')} rolled back to v{d.get('to_version')}",
         "adapter.ab_started": lambda: f"A/B v{d.get('candidate_version')} at {float(d.get('traffic') or 0):.0%}",
+        "train.requested": lambda: f"{d.get('adapter_name')} ({d.get('reason')})",
+        "dataset.ready": lambda: _stats(d.get("stats") or {}),
+        "dataset.enriched": lambda: _stats(d.get("stats") or {}),
+        "adapter.trained": lambda: f"v{d.get('version')} rank {d.get('rank')} on {d.get('base_model')}",
+        "eval.shard_requested": lambda: f"shard {int(d.get('shard_index', 0)) + 1}/{d.get('shard_count')}, "
+                                        f"{len(d.get('problem_ids') or [])} problems",
+        "eval.shard_done": lambda: f"shard {int(d.get('shard_index', 0)) + 1}/{d.get('shard_count')} done",
+        "adapter.evaluated": lambda: f"v{d.get('version')} gate {'passed' if d.get('gate_passed') else 'failed'}",
     }.get(rec.type)
     if rec.type.startswith("dlq."):
         summary = f"dead letter ({d.get('reason')}) from {d.get('service')}"

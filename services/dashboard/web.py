@@ -114,7 +114,9 @@ async def ab_data(reader: Reader, state) -> dict[str, Any] | None:
                  if e.data.get("adapter_name") == state.name]
     cand = last.data.get("candidate_version")
     decision = next((d for d in decisions if cand in (d.data.get("version"), d.data.get("from_version"))), None)
-    return views.ab_panel(state, reader.registry_settings, last if first is last else first, outcomes, decision)
+    # The test's start is the first announcement; its traffic share the latest one.
+    started = views.Rec(first.seq, first.type, {**first.data, "traffic": last.data.get("traffic")})
+    return views.ab_panel(state, reader.registry_settings, started, outcomes, decision)
 
 
 async def services_data(reader: Reader) -> dict[str, Any]:

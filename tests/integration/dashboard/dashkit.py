@@ -43,9 +43,12 @@ def write_adapter(path: Path, name: str, rank: int = 8) -> Path:
     return path
 
 
-async def register_version(js, artifacts, tmp: Path, name: str, version: int, passed: bool = True) -> AdapterEvaluated:
-    """An adapter.evaluated for a fresh adapter artifact; the registry service registers or rejects it."""
-    ref = await artifacts.put_dir(write_adapter(tmp / f"{name}-v{version}", name), f"adapters/{name}/v{version}")
+async def register_version(js, artifacts, tmp: Path, name: str, version: int, passed: bool = True,
+                           ref=None) -> AdapterEvaluated:
+    """An adapter.evaluated for an adapter artifact (a fresh one unless `ref`); the registry service registers
+    or rejects it."""
+    if ref is None:
+        ref = await artifacts.put_dir(write_adapter(tmp / f"{name}-v{version}", name), f"adapters/{name}/v{version}")
     event = AdapterEvaluated(
         request_id=f"train-{name}-{version}", adapter_name=name, version=version, adapter=ref, base_model="tiny-base",
         rank=8, target_modules=["q_proj", "v_proj"], gate_passed=passed, domains=["python"],

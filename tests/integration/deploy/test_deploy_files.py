@@ -174,7 +174,7 @@ def _needs_torch(extras: set[str]) -> bool:
     return False
 
 
-@pytest.mark.parametrize("image", ["registry", "enrich"])
+@pytest.mark.parametrize("image", ["registry", "enrich", "dashboard"])
 def test_light_images_carry_no_torch(image):
     assert not _needs_torch(_extras_installed(DEPLOY / "docker" / f"{image}.Dockerfile"))
 
