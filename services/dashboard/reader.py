@@ -129,8 +129,8 @@ class Reader:
     # ----------------------------------------------------------------- events
 
     async def events(self, types: list[str] | None = None, start_seq: int | None = None,
-                     last_per_subject: bool = False) -> list[Rec]:
-        """Events of these types (all without), oldest first, from `start_seq` on."""
+                     last_per_subject: bool = False, until_seq: int | None = None) -> list[Rec]:
+        """Events of these types (all without), oldest first, from `start_seq` on (up to `until_seq`)."""
         js = self.require()
         subjects = [f"{SUBJECT_PREFIX}.{t}" for t in types] if types else [f"{SUBJECT_PREFIX}.>"]
         if start_seq:
@@ -151,6 +151,8 @@ class Reader:
             while pending > 0:
                 msgs = await sub.fetch(min(FETCH_BATCH, pending), timeout=5)
                 for msg in msgs:
+                    if until_seq is not None and msg.metadata.sequence.stream > until_seq:
+                        return out
                     try:
                         body = json.loads(msg.data)
                     except ValueError:

@@ -109,11 +109,13 @@ async def ab_data(reader: Reader, state) -> dict[str, Any] | None:
     last = started[-1]
     first = next(e for e in started if e.data.get("candidate_version") == last.data.get("candidate_version")
                  and e.data.get("active_version") == last.data.get("active_version"))
-    outcomes = await reader.events(["production.outcome"], start_seq=first.seq)
     decisions = [e for e in await reader.events(["adapter.promoted", "adapter.rolled_back"], start_seq=first.seq)
                  if e.data.get("adapter_name") == state.name]
     cand = last.data.get("candidate_version")
     decision = next((d for d in decisions if cand in (d.data.get("version"), d.data.get("from_version"))), None)
+    # A decided test's outcomes end at its decision: later traffic is not read at all.
+    outcomes = await reader.events(["production.outcome"], start_seq=first.seq,
+                                   until_seq=decision.seq if decision else None)
     # The test's start is the first announcement; its traffic share the latest one.
     started = views.Rec(first.seq, first.type, {**first.data, "traffic": last.data.get("traffic")})
     return views.ab_panel(state, reader.registry_settings, started, outcomes, decision)
