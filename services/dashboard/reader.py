@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class Reader:
         self.store: RegistryStore | None = None
         self.last_error: str | None = None
         self.subscribers: list = []  # callbacks re-attached on every (re)connect
+        self.history: QueueHistory | None = None
         self._cache = Path(dash.cache_dir) if dash.cache_dir else Path(tempfile.mkdtemp(prefix="lorafleet-dashboard-"))
         self._own_cache = dash.cache_dir is None
 
@@ -231,6 +233,40 @@ class Reader:
             shutil.rmtree(tmp, ignore_errors=True)
             return None
         return dest
+
+
+class QueueHistory:
+    """The consumers' queue depths over the last minutes, sampled by this process.
+
+    JetStream keeps no history of consumer state, so each dashboard process samples it while it
+    runs (in memory only: a restarted replica starts an empty plot, nothing needs backing up)."""
+
+    def __init__(self, interval_s: float = 5.0, keep_s: float = 600.0) -> None:
+        self.interval_s = interval_s
+        self.samples: deque[tuple[float, dict[str, tuple[int, int, int]]]] = deque(maxlen=int(keep_s / interval_s) + 1)
+
+    def add(self, at: float, consumers: list[dict[str, Any]]) -> None:
+        self.samples.append((at, {c["name"]: (c["pending"], c["ack_pending"], c["redelivered"]) for c in consumers}))
+
+    def series(self) -> dict[str, Any]:
+        names = sorted({n for _, row in self.samples for n in row})
+        return {"t": [round(t, 1) for t, _ in self.samples],
+                "services": {n: {key: [row[n][i] if n in row else None for _, row in self.samples]
+                                 for i, key in enumerate(("pending", "ack_pending", "redelivered"))} for n in names}}
+
+    async def run(self, reader: "Reader", stop: asyncio.Event) -> None:
+        import time
+
+        while not stop.is_set():
+            if reader.connected:
+                try:
+                    self.add(time.time(), (await reader.services())["consumers"])
+                except Exception as exc:  # no stream yet, a reconnect in progress: the next sample will do
+                    log.debug("queue sample skipped: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
 
 
 class NotFound(Exception):

@@ -207,15 +207,15 @@ def version_rows(state: AdapterState) -> list[dict[str, Any]]:
     return rows
 
 
-def _diff_interval(s1: int, n1: int, s2: int, n2: int, alpha: float) -> tuple[float, float] | None:
+def _diff_interval(s1: int, n1: int, s2: int, n2: int, z: float) -> tuple[float, float] | None:
     """Two-sided (1 - 2 alpha) interval of p1 - p2 (Agresti-Caffo: one success and one failure added to
     each arm, so it stays honest at 0/n and n/n, where the plain normal interval collapses to a point).
-    It is the range the one-sided tests at alpha leave open; a display, not the registry's decision rule."""
+    With z the (1 - alpha) normal quantile it is the range the one-sided tests at alpha leave open; a display,
+    not the registry's decision rule."""
     if not n1 or not n2:
         return None
     p1, p2 = (s1 + 1) / (n1 + 2), (s2 + 1) / (n2 + 2)
     se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
-    z = _normal_quantile(1 - alpha)
     d = p1 - p2
     return max(-1.0, d - z * se), min(1.0, d + z * se)
 
@@ -249,6 +249,7 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
     n = {candidate: 0, control_v: 0}
     s = {candidate: 0, control_v: 0}
     points: list[dict[str, Any]] = []
+    z = _normal_quantile(1 - settings.ab_alpha)
     for o in outcomes:
         if decision is not None and o.seq > decision.seq:
             break  # after the decision the outcomes belong to the new arrangement, not to this test
@@ -257,7 +258,7 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
             continue
         n[v] += 1
         s[v] += int(bool(o.data.get("success")))
-        ci = _diff_interval(s[candidate], n[candidate], s[control_v], n[control_v], settings.ab_alpha)
+        ci = _diff_interval(s[candidate], n[candidate], s[control_v], n[control_v], z)
         points.append({
             "at": o.at, "candidate_n": n[candidate], "control_n": n[control_v],
             "candidate_rate": s[candidate] / n[candidate] if n[candidate] else None,
@@ -328,9 +329,12 @@ def services_view(stream: dict[str, Any], consumers: list[dict[str, Any]], dlq_c
     letters = []
     for d in reversed(dead_letters):
         error = str(d.data.get("error") or "")
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        # A traceback says what went wrong on its last line; anything else (a validation error) on its first.
+        headline = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines else ""
         letters.append({
             "seq": d.seq, "service": d.data.get("service"), "reason": d.data.get("reason"),
-            "error": error.strip().splitlines()[-1][:300] if error.strip() else "", "subject": d.data.get("subject"),
+            "error": headline[:300], "error_detail": error[:4000], "subject": d.data.get("subject"),
             "stream_seq": d.data.get("stream_seq"), "num_delivered": d.data.get("num_delivered"),
             "request_id": d.data.get("request_id"), "at": d.data.get("dead_lettered_at"),
         })

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from lorafleet.services.registry.core import RegistryError, check_name
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.shared.events import EVENTS_BY_TYPE
 
 from . import actions, views
 from .live import Hub
@@ -27,6 +28,8 @@ from .reader import BusUnavailable, NotFound, Reader
 log = logging.getLogger("lorafleet.dashboard")
 STATIC = Path(__file__).parent / "static"
 PIPELINE_TYPES = sorted(set(views.STAGE_TYPES) | {"training.progress"})
+# A run's page reads every event type but the production outcomes (by far the most numerous).
+RUN_TYPES = sorted(t for t, cls in EVENTS_BY_TYPE.items() if t not in ("production.outcome", "stage.failed")) + ["dlq.>"]
 
 
 # --------------------------------------------------------------------------- data (one function per API)
@@ -70,7 +73,7 @@ async def run_data(reader: Reader, request_id: str) -> dict[str, Any]:
     if not requests:
         raise NotFound(f"no pipeline run {request_id!r}")
     request = requests[0]
-    events = [e for e in await reader.events(None, start_seq=request.seq) if e.request_id == request_id]
+    events = [e for e in await reader.events(RUN_TYPES, start_seq=request.seq) if e.request_id == request_id]
     pipeline = [e for e in events if e.type in PIPELINE_TYPES or e.type.endswith(".failed")]
     evaluated = next((e.data for e in events if e.type == "adapter.evaluated"), None)
     report = None
@@ -126,6 +129,8 @@ async def services_data(reader: Reader) -> dict[str, Any]:
     letters = (await reader.events(["dlq.>"]))[-reader.dash.dead_letters:]
     data = views.services_view(raw["stream"], raw["consumers"], raw["dlq_counts"], raw["advisories"], letters)
     data["servers"] = raw["servers"]
+    if reader.history is not None:
+        data["history"] = reader.history.series()
     return data
 
 
@@ -338,10 +343,14 @@ def _not_found(request: web.Request, what: str, kind: str, known: list[str]) -> 
 async def serve(reader: Reader, host: str, port: int, token: str | None, stop: asyncio.Event,
                 on_ready=None) -> None:
     """Run the dashboard until `stop` is set."""
+    from .reader import QueueHistory
+
+    reader.history = QueueHistory()
     app = create_app(reader, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     connecting = asyncio.create_task(reader.keep_connected(stop))
+    sampling = asyncio.create_task(reader.history.run(reader, stop)) if reader.history is not None else None
     try:
         site = web.TCPSite(runner, host, port)
         try:
@@ -356,6 +365,8 @@ async def serve(reader: Reader, host: str, port: int, token: str | None, stop: a
     finally:
         stop.set()
         await connecting
+        if sampling is not None:
+            await sampling
         # Open live feeds would hold the shutdown for their keep-alive interval.
         for q in list(app["hub"].queues):
             q.put_nowait(("bye", {}))

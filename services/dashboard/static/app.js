@@ -95,7 +95,7 @@ function tokenBox() {
 
 // ------------------------------------------------------------------ live feed
 
-let es = null, refreshTimer = null, inflight = false, again = false;
+let es = null, refreshTimer = null, inflight = false, again = false, lastCost = 0;
 
 function feedLine(ev) {
   const li = h("li", { cls: "new", "data-type": ev.type },
@@ -135,14 +135,17 @@ function connectFeed() {
 
 function schedule() {
   if (refreshTimer) return;
-  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 250);
+  // Under heavy traffic a page re-reads at most every ~3x what a read costs, so it never keeps the server busy.
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, Math.max(250, 2 * lastCost));
 }
 
 async function refresh() {
   if (inflight) { again = true; return; }
   inflight = true;
+  const started = performance.now();
   try {
     const data = await getJSON(API[page]());
+    lastCost = performance.now() - started;
     const scroll = window.scrollY;
     clearPlots(); app.replaceChildren(...RENDER[page](data)); drawPlots(data);
     window.scrollTo(0, scroll);
@@ -363,8 +366,6 @@ function evaluationCard(ev, url) {
 
 // ------------------------------------------------------------------ services
 
-const history = {};  // service -> [[t, pending, ack_pending, redelivered], ...] while this page is open
-const HISTORY_S = 600;
 const PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0c8599", "#f08c00", "#495057"];
 
 function servicesTable(rows, withPlots) {
@@ -376,11 +377,6 @@ function servicesTable(rows, withPlots) {
 
 function renderServices(d) {
   const now = Date.now() / 1000;
-  for (const s of d.services) {
-    const hist = (history[s.service] ||= []);
-    hist.push([now, s.pending, s.ack_pending, s.redelivered]);
-    while (hist.length && hist[0][0] < now - HISTORY_S) hist.shift();
-  }
   const letters = d.dead_letters;
   const msg = h("div", { cls: "msg", id: "action-msg" });
   const out = [
@@ -389,26 +385,27 @@ function renderServices(d) {
     card("Consumers", servicesTable(d.services, true),
       h("p", { cls: "note" }, "pending: not yet delivered · in flight: delivered, not acked · replicas waiting: pull requests waiting for work (one per idle replica) · DLQ: dead letters · lost: max-delivery advisories")),
     card("Queues over the last minutes", h("div", { cls: "grid", id: "svc-plots" }),
-      h("p", { cls: "note" }, "Sampled by this page every 2 s while it is open (the dashboard keeps no history of its own).")),
+      h("p", { cls: "note" }, "Sampled every 5 s by this dashboard process and kept in its memory for 10 minutes (a restarted dashboard starts a new plot).")),
     card(`Dead letters (${letters.length})`, letters.length ? table(["seq", "service", "reason", "error", "subject", "deliveries", "when", ""],
-      letters.map((l) => h("tr", { "data-dlq": l.seq }, tdn(l.seq), td(l.service), td(pill(l.reason, "failed")), td(h("span", { cls: "mono" }, l.error)),
+      letters.map((l) => h("tr", { "data-dlq": l.seq }, tdn(l.seq), td(l.service), td(pill(l.reason, "failed")), td(h("span", { cls: "mono", title: l.error_detail }, l.error)),
         td(h("span", { cls: "mono" }, l.subject)), tdn(l.num_delivered ?? "–"), td(when(l.at)),
         td(actionsOn ? h("button", { onclick: (e) => act("replay", { seq: l.seq }, msg) }, "Replay") : "")))) :
       h("p", { cls: "empty" }, "No dead letters."), actionsOn ? h("div", { cls: "actions" }, tokenBox()) : tokenBox(), msg),
   ];
   later(() => {
     const box = document.getElementById("svc-plots");
-    const names = d.services.map((s) => s.service);
-    const times = [...new Set(names.flatMap((n) => history[n].map((p) => Math.round(p[0]))))].sort((a, b) => a - b);
-    const col = (n, i) => { const m = new Map(history[n].map((p) => [Math.round(p[0]), p[i]])); return times.map((t) => m.has(t) ? m.get(t) : null); };
-    const x = times.map((t) => t - Math.round(now));
+    const hist = d.history || { t: [], services: {} };
+    const names = Object.keys(hist.services);
+    if (!hist.t.length) { box.append(h("p", { cls: "empty" }, "The first sample comes within 5 s.")); return; }
+    const x = hist.t.map((t) => Math.round(t - now));
     const series = names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true }));
-    const range = { x: [Math.min(-60, x[0] ?? -60), 0] };
-    const waiting = names.map((n) => col(n, 1).map((v, j) => v === null ? null : v + col(n, 2)[j]));
+    const xr = [Math.min(-60, x[0]), 0];
+    const yr = { range: (u, lo, hi) => [0, Math.max(1, hi)] };
+    const waiting = names.map((n) => hist.services[n].pending.map((v, j) => v === null ? null : v + hist.services[n].ack_pending[j]));
     const a = h("div", { cls: "plot" }), b = h("div", { cls: "plot" });
     box.append(a, b);
-    plot(a, "waiting + in flight, per service", series, [x, ...waiting], { xlabel: "seconds ago", height: 200, xrange: range.x, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } });
-    plot(b, "redelivered (cumulative), per service", series, [x, ...names.map((n) => col(n, 3))], { xlabel: "seconds ago", height: 200, xrange: range.x, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } });
+    plot(a, "pending + in flight, per service", series, [x, ...waiting], { xlabel: "seconds ago", height: 200, xrange: xr, y: yr });
+    plot(b, "redelivered (cumulative), per service", series, [x, ...names.map((n) => hist.services[n].redelivered)], { xlabel: "seconds ago", height: 200, xrange: xr, y: yr });
   });
   return out;
 }

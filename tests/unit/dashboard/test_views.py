@@ -104,6 +104,8 @@ def test_services_view_matches_status_rows_and_lists_dead_letters_newest_first()
     assert data["services"] == [{"service": "ingest", "consumer": True, "pending": 2, "ack_pending": 1, "redelivered": 3,
                                  "waiting_pulls": 0, "dead_letters": 2, "max_delivery_advisories": 1}]
     assert [d["seq"] for d in data["dead_letters"]] == [9, 5] and data["dead_letters"][1]["error"] == "ValueError: bad"
+    assert views.services_view({}, [], {}, {}, [Rec(1, "dlq.x", {"error": "invalid event: 3 errors\nfield x\nmore"})])[
+        "dead_letters"][0]["error"] == "invalid event: 3 errors"
 
 
 @pytest.mark.parametrize("kind, body, needle", [
@@ -125,3 +127,18 @@ def test_brief_summarises_for_the_feed():
                                                   "request_id": "q"}))
     assert b["summary"] == "v2 success 42 ms" and b["adapter_name"] == "a"
     assert views.brief(Rec(4, "dlq.trainer", {"service": "trainer", "reason": "invalid"}))["adapter_name"] == "trainer"
+
+
+def test_queue_history_keeps_the_last_minutes_per_service():
+    from lorafleet.services.dashboard.reader import QueueHistory
+
+    h = QueueHistory(interval_s=5, keep_s=10)  # three samples
+    for i in range(5):
+        consumers = [{"name": "ingest", "pending": i, "ack_pending": 1, "redelivered": 0}]
+        if i == 4:
+            consumers.append({"name": "trainer", "pending": 7, "ack_pending": 0, "redelivered": 2})
+        h.add(100.0 + 5 * i, consumers)
+    s = h.series()
+    assert s["t"] == [110.0, 115.0, 120.0]
+    assert s["services"]["ingest"]["pending"] == [2, 3, 4]
+    assert s["services"]["trainer"]["redelivered"] == [None, None, 2]  # appeared in the last sample
