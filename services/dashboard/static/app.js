@@ -70,6 +70,10 @@ function clearPlots() { for (const [u] of plots.splice(0)) u.destroy(); }
 
 // ------------------------------------------------------------------ actions
 
+// Controls the user types into survive the page's live re-renders: they are built once and moved back in.
+const kept = {};
+function once(key, make) { return (kept[key] ||= make()); }
+
 function token() { return sessionStorage.getItem("lorafleet-token") || ""; }
 
 async function act(kind, body, msgEl) {
@@ -86,7 +90,8 @@ async function act(kind, body, msgEl) {
   } catch (e) { msgEl.className = "msg err"; msgEl.textContent = String(e); }
 }
 
-function tokenBox() {
+function tokenBox() { return once("token", makeTokenBox); }
+function makeTokenBox() {
   if (!actionsOn) return h("p", { cls: "note", id: "readonly-note" }, "Read-only: this dashboard was started without LORAFLEET_DASHBOARD_TOKEN, so it offers no actions.");
   const input = h("input", { type: "password", placeholder: "token", id: "token", value: token() });
   input.addEventListener("change", () => sessionStorage.setItem("lorafleet-token", input.value));
@@ -248,7 +253,8 @@ function renderAdapter(d) {
 }
 function stat(v, label, attrs) { return h("span", { cls: "stat", ...(attrs || {}) }, h("span", { cls: "v" }, v), h("span", { cls: "l" }, label)); }
 
-function actionsCard(d) {
+function actionsCard(d) { return once("actions", () => makeActionsCard(d)); }
+function makeActionsCard(d) {
   const msg = h("div", { cls: "msg", id: "action-msg" });
   if (!actionsOn) return card("Actions", tokenBox());
   const ab = d.registry.ab;
@@ -258,7 +264,7 @@ function actionsCard(d) {
     version, h("button", { cls: "primary", id: "promote", onclick: () => act("promote", { adapter: d.name, version: version.value ? Number(version.value) : null }, msg) }, "Promote"),
     h("button", { cls: "danger", id: "rollback", onclick: () => act("rollback", { adapter: d.name }, msg) }, "Roll back"),
     h("span", {}, "A/B traffic "), traffic, h("button", { id: "set-traffic", onclick: () => act("ab", { adapter: d.name, traffic: Number(traffic.value) }, msg) }, "Set"),
-    ab ? h("button", { id: "stop-ab", onclick: () => act("ab", { adapter: d.name, stop: true }, msg) }, "Stop A/B") : null,
+    h("button", { id: "stop-ab", onclick: () => act("ab", { adapter: d.name, stop: true }, msg) }, "Stop A/B"),
     h("button", { id: "retrain", onclick: () => act("retrain", { adapter: d.name }, msg) }, "Request retrain")),
     h("p", { cls: "note" }, "Promote without a version promotes the A/B candidate. Every action goes through the registry's compare-and-set, like the CLI."), msg);
 }
@@ -378,7 +384,7 @@ function servicesTable(rows, withPlots) {
 function renderServices(d) {
   const now = Date.now() / 1000;
   const letters = d.dead_letters;
-  const msg = h("div", { cls: "msg", id: "action-msg" });
+  const msg = once("services-msg", () => h("div", { cls: "msg", id: "action-msg" }));
   const out = [
     h("h1", {}, "Services"),
     h("p", { cls: "sub" }, `stream ${d.stream.name}: ${d.stream.messages} events, ${(d.stream.bytes / 1e6).toFixed(1)} MB (seq ${d.stream.first_seq}..${d.stream.last_seq}) on ${d.servers.join(", ")}`),
