@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+import nats.errors
 from aiohttp import web
 
 from lorafleet.services.registry.core import RegistryError, check_name
@@ -187,7 +188,12 @@ async def _errors(request: web.Request, handler):
         return _json({"error": str(exc), "bus": "unreachable"}, 503, headers={"Retry-After": "2"})
     except NotFound as exc:
         return _json({"error": str(exc)}, 404)
-    except Exception as exc:  # a bug or a bus hiccup must cost one response, never the process
+    except (nats.errors.Error, TimeoutError, ConnectionError) as exc:  # the bus went away mid-request
+        reader: Reader = request.app["reader"]
+        return _json({"error": f"NATS did not answer ({type(exc).__name__}: {exc}); "
+                               f"{'reconnecting' if not reader.connected else 'try again'}",
+                      "bus": "unreachable" if not reader.connected else "slow"}, 503, headers={"Retry-After": "2"})
+    except Exception as exc:  # a bug must cost one response, never the process
         log.exception("%s %s failed", request.method, request.path)
         return _json({"error": f"{type(exc).__name__}: {exc}"}, 500)
 
