@@ -219,10 +219,13 @@ async def test_dashboard_follows_a_real_run_an_ab_test_and_actions_in_a_browser(
 
             assert not b.errors, b.errors
 
-            # Unknown names: a 404 page that lists what exists (the 404 status is its only console line).
+            # Unknown names: a 404 page that lists what exists (the 404 status is its only console line);
+            # the listing stays once the live feed has connected.
             resp = await b.page.goto(f"{base}/adapters/nope-lora")
+            await b.page.wait_for_timeout(1500)
             assert resp.status == 404 and await b.page.locator("a[href='/adapters/python-lora']").count() == 1
             resp = await b.page.goto(f"{base}/runs/not-a-run")
+            await b.page.wait_for_timeout(1500)
             assert resp.status == 404 and await b.page.locator(f"a[href='/runs/{rid}']").count() == 1, \
                 (await b.page.content())[-1500:]
             assert all("404" in e for e in b.errors), b.errors

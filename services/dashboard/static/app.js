@@ -139,7 +139,7 @@ function connectFeed() {
 }
 
 function schedule() {
-  if (refreshTimer) return;
+  if (refreshTimer || !RENDER[page]) return;  // a 404 page has nothing to re-read (it would wipe its listing)
   // Under heavy traffic a page re-reads at most every ~3x what a read costs, so it never keeps the server busy.
   refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, Math.max(250, 2 * lastCost));
 }
