@@ -145,6 +145,7 @@ function schedule() {
 }
 
 async function refresh() {
+  if (!RENDER[page]) return;
   if (inflight) { again = true; return; }
   inflight = true;
   const started = performance.now();
