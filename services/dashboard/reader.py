@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from lorafleet.services.registry.collector import retrain_status
 from lorafleet.services.registry.settings import RegistrySettings
 from lorafleet.services.registry.store import RegistryStore
-from lorafleet.shared.bus import ADVISORY_STREAM, quiet_error, resolve_servers
+from lorafleet.shared.bus import ADVISORY_STREAM, keep_reconnecting, quiet_error, resolve_servers
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import DLQ_PREFIX, STREAM, SUBJECT_PREFIX
 from lorafleet.shared.settings import Settings
@@ -89,9 +89,12 @@ class Reader:
         async def disconnected() -> None:
             self.last_error = "connection lost; reconnecting"
 
+        # One attempt here (nats-py would retry a failing first connect forever, and the page could not say
+        # why); keep_connected() calls again. Once connected, nats-py reconnects forever by itself.
         nc = await nats.connect(servers=servers, name="lorafleet-dashboard", connect_timeout=self.settings.connect_timeout_s,
-                                max_reconnect_attempts=-1, reconnect_time_wait=self.dash.reconnect_s,
+                                max_reconnect_attempts=1, reconnect_time_wait=self.dash.reconnect_s,
                                 allow_reconnect=True, error_cb=quiet_error, disconnected_cb=disconnected)
+        keep_reconnecting(nc)
         self.nc, self.js = nc, nc.jetstream()
         self.store = RegistryStore(self.js, None, self.registry_settings, publish_timeout=self.settings.publish_timeout_s)
         for subject, cb in self.subscribers:

@@ -370,9 +370,10 @@ async def serve(reader: Reader, host: str, port: int, token: str | None, stop: a
         await stop.wait()
     finally:
         stop.set()
-        await connecting
-        if sampling is not None:
-            await sampling
+        for task in (connecting, sampling):  # a connect attempt in flight must not hold the shutdown
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         # Open live feeds would hold the shutdown for their keep-alive interval.
         for q in list(app["hub"].queues):
             q.put_nowait(("bye", {}))

@@ -162,3 +162,29 @@ async def test_a_dead_letter_is_listed_and_replayed(registry, js, settings, dash
             return len(body["dead_letters"]) == 2
 
         await wait_for(second, 30, "replayed message dead-lettered again")
+
+
+async def test_nats_down_at_start_the_dashboard_serves_says_so_and_connects_when_it_comes(tmp_path):
+    from lorafleet.shared.nats_server import NatsServer, free_port
+
+    port = free_port()
+    dash = DashboardProcess(f"nats://127.0.0.1:{port}", tmp_path / "dash.log")
+    server = NatsServer(store_dir=tmp_path / "nats", port=port)
+    try:
+        await dash.ready()
+        async with aiohttp.ClientSession() as s:
+            code, health = await get(s, f"{dash.url}/api/health")
+            assert code == 200 and health["connected"] is False and str(port) in health["servers"][0]
+            code, body = await get(s, f"{dash.url}/api/overview")
+            assert code == 503 and "unreachable" in body["error"]
+            server.start()
+
+            async def connected():
+                return (await get(s, f"{dash.url}/api/health"))[1]["connected"]
+
+            await wait_for(connected, 30, "dashboard connected to the late server")
+        dash.proc.send_signal(__import__("signal").SIGTERM)
+        assert dash.proc.wait(timeout=20) == 0  # and it stops promptly
+    finally:
+        dash.stop()
+        server.stop()
