@@ -320,13 +320,14 @@ function renderRun(d) {
     return [h("div", {}, s.service, s.shards ? h("span", { cls: "muted" }, ` ${s.shards.done}/${s.shards.total} shards`) : null),
       h("div", { cls: "track", title: s.failures.map((f) => f.error).join("\n") }, bar),
       h("div", { "data-stage": s.service }, pill(s.state), " ", s.seconds != null ? secs(s.seconds) : "",
+        s.started_at ? h("span", { cls: "muted" }, ` · ${clock(s.started_at)}`) : null,
         s.failures.length ? h("span", { cls: "msg err" }, ` ${s.failures.length} failure(s)`) : null)];
   }));
   const tr = d.training;
   const out = [
     h("h1", {}, "Run ", h("span", { cls: "mono" }, d.request_id)),
     h("p", { cls: "sub" }, vlink(d.adapter_name), ` · ${d.reason} · requested ${when(d.requested_at)} · `, pill(d.row.state, d.row.state.endsWith("running") ? "running" : d.row.state.endsWith("failed") ? "failed" : d.row.state)),
-    card("Stages", timeline, h("p", { cls: "note" }, "From each stage's input event to its output event; failures are the stage's .failed events.")),
+    card("Stages", timeline, h("p", { cls: "note" }, "From each stage's input event to its output event (the time is when it started); failures are the stage's .failed events, dead letters are listed under Events.")),
     card("Training", tr.step.length ? h("div", {},
       h("div", {}, stat(`${tr.last.step}/${tr.last.total_steps}`, "step", { "data-testid": "train-step" }),
         stat(fmt(tr.last.loss), "loss", { "data-testid": "train-loss" }), stat(fmt(tr.last.tokens_per_second, 0), "tokens/s"),

@@ -188,3 +188,41 @@ async def test_nats_down_at_start_the_dashboard_serves_says_so_and_connects_when
     finally:
         dash.stop()
         server.stop()
+
+
+async def test_retrain_promote_and_rollback_actions(registry, js, settings, tmp_path, dashboards, nats_url):
+    on, _ = dashboards
+    store, _ = await _registered(js, settings, tmp_path)
+    headers = {"X-Lorafleet-Token": TOKEN}
+    async with aiohttp.ClientSession() as s:
+        async def post(kind, body):
+            async with s.post(f"{on.url}/api/actions/{kind}", json=body, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+        # No active version yet: a retrain has no config to start from, and says how to give one.
+        code, out = await post("retrain", {"adapter": "python-lora"})
+        assert code == 409 and "LORAFLEET_REGISTRY_RETRAIN_CONFIGS" in out["error"]
+        assert (await post("promote", {"adapter": "python-lora", "version": 1}))[0] == 200
+        code, out = await post("rollback", {"adapter": "python-lora"})
+        assert code == 409 and "no predecessor" in out["error"]
+        code, out = await post("retrain", {"adapter": "python-lora"})
+        assert code == 200, out
+        sub = await js.subscribe("lorafleet.v1.train.requested", ordered_consumer=True)
+        request = __import__("json").loads((await sub.next_msg(timeout=5)).data)
+        await sub.unsubscribe()
+        assert request["request_id"] == out["request_id"] and request["adapter_name"] == "python-lora"
+        # Version 2 registers and becomes the A/B candidate; promoting it makes v1 its rollback target.
+        await register_version(js, open_store(settings, js), tmp_path, "python-lora", 2)
+
+        async def candidate():
+            state, _ = await store.get("python-lora")
+            return state.ab is not None and state.ab.candidate == 2 and not state.outbox
+
+        await wait_for(candidate, 30, "v2 under A/B test")
+        assert (await post("promote", {"adapter": "python-lora"}))[0] == 200
+        code, out = await post("rollback", {"adapter": "python-lora"})
+        assert code == 200 and out["version"] == 1
+        shown = cli_json(nats_url, "registry", "show", "python-lora")
+        assert shown["active"] == 1 and shown["versions"]["2"]["status"] == "retired"
+        code, page = await get(s, f"{on.url}/api/adapters/python-lora")
+        assert page["rollback_chain"] == [1] and page["registry"] == shown
