@@ -141,9 +141,10 @@ async def test_a_dead_letter_is_listed_and_replayed(registry, js, settings, dash
     on, _ = dashboards
     await js.publish("lorafleet.v1.adapter.evaluated", b'{"not": "an event"}')
     async with aiohttp.ClientSession() as s:
-        async def listed():
+        async def listed():  # settled: the letter is listed, counted, and the original message acked
             code, body = await get(s, f"{on.url}/api/services")
-            return body if code == 200 and body["dead_letters"] else None
+            row = next((r for r in body["services"] if r["service"] == "registry"), {}) if code == 200 else {}
+            return body if body["dead_letters"] and row.get("dead_letters") == 1 and row.get("ack_pending") == 0 else None
 
         services = await wait_for(listed, 30, "dead letter listed")
         letter = services["dead_letters"][0]
