@@ -5,9 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lorafleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo unit integration e2e bench lint clean
+.PHONY: setup browser test demo unit integration e2e bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (Playwright's own
+# browser download is not reachable here). Installed only when missing; a failed install fails setup.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Re-installs only when the dependency list changes; the editable install
 # picks up source edits by itself.

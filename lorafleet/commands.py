@@ -23,6 +23,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
     root.command("status")(status)
     events.command("tail")(tail)
     events.command("schema")(schema)
+    events.command("replay")(replay)
 
 
 def _setup_logging() -> None:
@@ -35,25 +36,28 @@ def _setup_logging() -> None:
 
 
 def serve(
-    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry | gateway")],
-    port: Annotated[Optional[int], typer.Option("--port", help="HTTP services (gateway): listen port")] = None,
+    service: Annotated[str, typer.Argument(help="ingest | enrich | trainer | evaluator | registry | gateway | dashboard")],
+    port: Annotated[Optional[int], typer.Option(
+        "--port", min=0, max=65535, help="HTTP port of a web service (gateway, dashboard); else LORAFLEET_<SERVICE>_PORT")] = None,
 ) -> None:
     """Run one service replica (start it N times for N replicas: they share one durable consumer)."""
-    from lorafleet.fleet import SERVERS, SERVICES, load_service, run_server
+    from lorafleet.fleet import SERVICES, WEB_SERVICES, load_service, run_server
     from lorafleet.shared.settings import get_settings
 
-    if service in SERVERS:
+    if port is not None:
+        if service not in WEB_SERVICES:
+            raise LorafleetError(f"--port is for the HTTP services ({', '.join(WEB_SERVICES)}), not {service}")
+        os.environ[f"LORAFLEET_{service.upper()}_PORT"] = str(port)
+    if service in WEB_SERVICES:
         settings = get_settings()
         _setup_logging()
-        run_server(service, settings, port)
+        run_server(service, settings)
         return
-    if port is not None:
-        raise LorafleetError(f"--port is for the HTTP services ({', '.join(SERVERS)}), not {service}")
     if service not in SERVICES:
         try:
             svc = load_service(service)
         except LorafleetError:
-            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES + SERVERS)}") from None
+            raise LorafleetError(f"unknown service {service!r}: choose one of {', '.join(SERVICES + WEB_SERVICES)}") from None
     else:
         svc = load_service(service)
     settings = get_settings()
@@ -72,11 +76,11 @@ def up(
 
     Ctrl-C stops all of it and leaves no process behind.
     """
-    from lorafleet.fleet import SERVERS, SERVICES
+    from lorafleet.fleet import SERVICES, WEB_SERVICES
     from lorafleet.shared.settings import get_settings
     from lorafleet.up import Supervisor
 
-    known = SERVICES + SERVERS
+    known = SERVICES + WEB_SERVICES
     chosen = list(service or known)
     unknown = [s for s in chosen if s not in known]
     if unknown:
@@ -217,6 +221,26 @@ def schema(
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         tmp.replace(path)
     print(f"wrote {len(schemas)} schemas to {out}", file=sys.stderr)
+
+
+def replay(
+    seq: Annotated[int, typer.Argument(min=1, help="stream sequence of the dead letter (`lorafleet events tail --json`, the dashboard's /services)")],
+) -> None:
+    """Publish a dead letter's original message again, so its service gets it once more."""
+    from lorafleet.shared.bus import connect
+    from lorafleet.shared.dead_letters import replay as replay_dead_letter
+    from lorafleet.shared.settings import get_settings
+
+    async def run() -> tuple[Any, int]:
+        settings = get_settings()
+        nc = await connect(settings, name="lorafleet-replay", reconnect_forever=False)
+        try:
+            return await replay_dead_letter(nc.jetstream(), seq, timeout=settings.publish_timeout_s)
+        finally:
+            await nc.close()
+
+    letter, new_seq = asyncio.run(run())
+    print(f"dead letter {seq} ({letter.service}, {letter.reason}) replayed on {letter.subject} as stream sequence {new_seq}")
 
 
 def tail(

@@ -6,19 +6,21 @@ from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.service import Service
 
 SERVICES = ("ingest", "enrich", "trainer", "evaluator", "registry")
-# HTTP services: no durable consumer of their own; `serve NAME` calls run_server.
-SERVERS = ("gateway",)
+# HTTP services: no durable consumer of their own; `lorafleet up` starts them too.
+WEB_SERVICES = ("gateway", "dashboard")
 
 
-def run_server(name: str, settings, port: int | None = None) -> None:
-    """Run an HTTP service (`lorafleet.services.<name>.app:run`) until SIGINT/SIGTERM."""
+def run_server(name: str, settings) -> None:
+    """Run an HTTP service until SIGINT/SIGTERM (its port: LORAFLEET_<NAME>_PORT, set by `serve --port`)."""
     if name == "gateway":
         from lorafleet.services.gateway.app import run
         from lorafleet.services.gateway.settings import get_gateway_settings
 
-        run(settings, get_gateway_settings(**({} if port is None else {"port": port})))
+        run(settings, get_gateway_settings())
         return
-    raise LorafleetError(f"unknown HTTP service {name!r}: choose one of {', '.join(SERVERS)}")
+    import asyncio
+
+    asyncio.run(load_service(name).run(settings))
 
 
 def load_service(name: str) -> Service:

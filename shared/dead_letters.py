@@ -59,3 +59,33 @@ def message_metadata(msg: Msg) -> Msg.Metadata | None:
         return msg.metadata
     except Exception:  # not a JetStream message (tests publishing on core NATS)
         return None
+
+
+async def replay(js, seq: int, timeout: float = 5.0) -> tuple[DeadLetter, int]:
+    """Publish the original message of the dead letter at stream sequence `seq` again, on its own subject,
+    so the consumer that gave up on it gets it once more (`lorafleet events replay`, the dashboard).
+
+    Nats-Msg-Id `replay/<seq>`: replaying the same dead letter twice within the dedup window is recorded once.
+    Returns the dead letter and the new message's stream sequence.
+    """
+    from nats.js.errors import NotFoundError
+
+    from lorafleet.shared.errors import LorafleetError
+    from lorafleet.shared.events import DLQ_PREFIX, STREAM, SUBJECT_PREFIX
+
+    try:
+        msg = await js.get_msg(STREAM, seq)
+    except NotFoundError:
+        raise LorafleetError(f"no message at stream sequence {seq}: list dead letters with "
+                             "`lorafleet events tail --json` (subjects lorafleet.v1.dlq.*)") from None
+    if not msg.subject.startswith(DLQ_PREFIX + "."):
+        raise LorafleetError(f"stream sequence {seq} is a {msg.subject} message, not a dead letter ({DLQ_PREFIX}.<service>)")
+    letter = DeadLetter.model_validate_json(msg.data)
+    if letter.original_truncated:
+        raise LorafleetError(f"dead letter {seq} holds a truncated copy; replay the original at stream sequence "
+                             f"{letter.stream_seq} instead")
+    if not letter.subject.startswith(SUBJECT_PREFIX + ".") or letter.subject.startswith(DLQ_PREFIX + "."):
+        raise LorafleetError(f"dead letter {seq} came from {letter.subject!r}, which no service consumes")
+    ack = await js.publish(letter.subject, letter.original_bytes(), stream=STREAM, timeout=timeout,
+                           headers={"Nats-Msg-Id": f"replay/{seq}"})
+    return letter, ack.seq

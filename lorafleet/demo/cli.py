@@ -25,6 +25,7 @@ def demo(
     config: Annotated[Path, typer.Option(help="training config of the demo run")] = None,  # type: ignore[assignment]
     data_dir: Annotated[Path, typer.Option(help="NATS store, artifacts, logs and reports of the demo")] = Path(".lorafleet/demo"),
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 1500.0,
+    stay: Annotated[bool, typer.Option("--stay", help="after the summary keep the fleet and the dashboard running until Ctrl-C")] = False,
 ) -> None:
     """The whole fleet on this machine: tiny model → train → evaluate → register → A/B on
     SIMULATED traffic → promote or roll back → automatic retrain; then a summary.
@@ -34,4 +35,4 @@ def demo(
     config = config or _default_config()
     if not config.is_file():
         raise LorafleetError(f"demo config {config} not found: pass --config configs/demo_python_lora.yaml")
-    raise typer.Exit(run_demo(config, data_dir, timeout))
+    raise typer.Exit(run_demo(config, data_dir, timeout, stay=stay))

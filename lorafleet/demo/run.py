@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.shared.errors import LorafleetError
+from lorafleet.demo.dashboard import DemoDashboard
 from lorafleet.demo.fleet import ModelServer, _supervisor
 from lorafleet.demo.summary import _f, _sim_label, print_summary
 from lorafleet.demo.track import RunTrack, kind_of, pass_rates
@@ -51,8 +52,9 @@ DEMO_ENV = {
 
 
 class Demo:
-    def __init__(self, config_path: Path, data_dir: Path, timeout_s: float, console: Any) -> None:
+    def __init__(self, config_path: Path, data_dir: Path, timeout_s: float, console: Any, stay: bool = False) -> None:
         self.config_path, self.data_dir, self.timeout_s, self.console = config_path, data_dir, timeout_s, console
+        self.stay = stay
         self.t0 = time.monotonic()
         self.timings: dict[str, float] = {}
         self.runs: dict[str, RunTrack] = {}
@@ -119,6 +121,7 @@ class Demo:
         logs.mkdir(exist_ok=True)
         server = ModelServer(model_dir, logs / "model-server.log", cfg.enrich.model or "tiny-base")
         sup = _supervisor(settings, logs / "services.log")
+        dashboard = DemoDashboard(logs / "dashboard.log")
         try:
             t = time.monotonic()
             url = sup.start_server()
@@ -126,13 +129,18 @@ class Demo:
 
             asyncio.run(ensure_infrastructure(settings.model_copy(update={"nats_url": url})))
             sup.check(url)
+            self.say(f"[bold]dashboard: {dashboard.start(url)}[/bold] (follow the run, the A/B test and the retrain there)")
             server.start()
             self.timings["startup"] = time.monotonic() - t
             self.say(f"NATS {url}, services {', '.join(c.label for c in sup.children)} "
                      f"(logs: {logs / 'services.log'}), model server {server.url}")
             cfg = cfg.model_copy(update={"enrich": cfg.enrich.model_copy(update={"endpoint": server.url})})
-            return asyncio.run(self.pipeline(settings, url, cfg, sup))
+            code = asyncio.run(self.pipeline(settings, url, cfg, sup))
+            if self.stay:
+                dashboard.stay(self.say, sup, url)
+            return code
         finally:
+            dashboard.stop()
             server.stop()
             sup.stop_children()
             if sup.server is not None:
@@ -334,7 +342,7 @@ class Demo:
         return await print_summary(self, js, settings, cfg)
 
 
-def run_demo(config: Path, data_dir: Path, timeout_s: float) -> int:
+def run_demo(config: Path, data_dir: Path, timeout_s: float, stay: bool = False) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -347,6 +355,6 @@ def run_demo(config: Path, data_dir: Path, timeout_s: float) -> int:
     started = datetime.now().strftime("%H:%M:%S")
     console.rule(f"[bold]lorafleet demo[/bold] ({started}, config {config}, data {data_dir})")
     try:
-        return Demo(config, data_dir, timeout_s, console).run()
+        return Demo(config, data_dir, timeout_s, console, stay=stay).run()
     finally:
         signal.signal(signal.SIGTERM, previous)

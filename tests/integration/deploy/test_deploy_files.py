@@ -174,7 +174,7 @@ def _needs_torch(extras: set[str]) -> bool:
     return False
 
 
-@pytest.mark.parametrize("image", ["registry", "enrich"])
+@pytest.mark.parametrize("image", ["registry", "enrich", "dashboard"])
 def test_light_images_carry_no_torch(image):
     assert not _needs_torch(_extras_installed(DEPLOY / "docker" / f"{image}.Dockerfile"))
 
@@ -299,9 +299,9 @@ def test_nats_helm_values_give_a_three_node_jetstream_cluster(k8s_docs):
 
 
 def test_gateway_deploys_behind_a_service_with_readiness_and_an_hpa(k8s_docs, compose):
-    from lorafleet.fleet import SERVERS
+    from lorafleet.fleet import WEB_SERVICES
 
-    assert "gateway" in SERVERS
+    assert "gateway" in WEB_SERVICES
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_docs}
     deployment = docs[("Deployment", "gateway")]
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from lorafleet.fleet import SERVERS, SERVICES
+from lorafleet.fleet import WEB_SERVICES, SERVICES
 
 LORAFLEET = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
 
@@ -44,7 +44,8 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
     from lorafleet.shared.nats_server import free_port
 
     gateway_port = free_port()  # the gateway (an HTTP service) listens here, not on the default 8400
-    up = subprocess.Popen([*LORAFLEET, "up"], cwd=workdir, env=clean_env(LORAFLEET_GATEWAY_PORT=str(gateway_port)),
+    up = subprocess.Popen([*LORAFLEET, "up"], cwd=workdir, env=clean_env(LORAFLEET_GATEWAY_PORT=str(gateway_port),
+                                                                         LORAFLEET_DASHBOARD_PORT=str(free_port())),
                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     family: set[psutil.Process] = set()
     try:
@@ -57,7 +58,7 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
             if status.returncode == 0:
                 report = json.loads(status.stdout)
                 if all(r["consumer"] and r["waiting_pulls"] >= 1 for r in report["services"] if r["service"] in SERVICES) \
-                        and len(report["processes"]) == len(SERVICES + SERVERS) and all(p["ready"] for p in report["processes"]):
+                        and len(report["processes"]) == len(SERVICES + WEB_SERVICES) and all(p["ready"] for p in report["processes"]):
                     break
             time.sleep(1)
         else:
@@ -70,7 +71,7 @@ def test_up_status_and_ctrl_c_leave_no_process(tmp_path: Path):
         assert "nats-server" in names and all(f"serve {s}" in names for s in SERVICES)
         # Each process has its own metrics port, and it serves Prometheus text there.
         urls = {p["service"]: p["metrics_url"] for p in report["processes"]}
-        assert set(urls) == set(SERVICES + SERVERS) and len(set(urls.values())) == len(SERVICES + SERVERS)
+        assert set(urls) == set(SERVICES + WEB_SERVICES) and len(set(urls.values())) == len(SERVICES + WEB_SERVICES)
         for url in urls.values():
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert b"lorafleet_events_handled_total" in resp.read()
