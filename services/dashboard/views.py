@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from lorafleet.services.registry.core import ab_summary
+from lorafleet.services.registry import abtest
+from lorafleet.services.registry.core import ab_summary, show_json
 from lorafleet.services.registry.model import BASE_VERSION, AdapterState
 from lorafleet.services.registry.settings import RegistrySettings
 
@@ -171,11 +172,8 @@ def evaluation_view(evaluated: dict[str, Any] | None, report: dict[str, Any] | N
 
 
 def registry_show(state: AdapterState, settings: RegistrySettings) -> dict[str, Any]:
-    """Exactly what `lorafleet registry show NAME --json` prints."""
-    summary = ab_summary(state, settings)
-    data = state.model_dump(mode="json", exclude={"outbox"})
-    data["ab_statistics"] = summary.model_dump() if summary else None
-    return data
+    """Exactly what `lorafleet registry show NAME --json` prints (the same function)."""
+    return show_json(state, settings)
 
 
 def rollback_chain(state: AdapterState) -> list[int]:
@@ -207,29 +205,14 @@ def version_rows(state: AdapterState) -> list[dict[str, Any]]:
     return rows
 
 
-def _diff_interval(s1: int, n1: int, s2: int, n2: int, z: float) -> tuple[float, float] | None:
-    """Two-sided (1 - 2 alpha) interval of p1 - p2 (Agresti-Caffo: one success and one failure added to
-    each arm, so it stays honest at 0/n and n/n, where the plain normal interval collapses to a point).
-    With z the (1 - alpha) normal quantile it is the range the one-sided tests at alpha leave open; a display,
-    not the registry's decision rule."""
+def _confidence_sequence(s1: int, n1: int, s2: int, n2: int, settings: RegistrySettings) -> tuple[float, float] | None:
+    """The registry's always-valid (1 - alpha) confidence sequence for p1 - p2 at this look: the same
+    normal-mixture boundary and mixing parameter the A/B decision uses (services/registry/abtest.py)."""
     if not n1 or not n2:
         return None
-    p1, p2 = (s1 + 1) / (n1 + 2), (s2 + 1) / (n2 + 2)
-    se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
-    d = p1 - p2
-    return max(-1.0, d - z * se), min(1.0, d + z * se)
-
-
-def _normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF by bisection on erfc (no scipy in the registry's environment)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    diff, var = abtest.rate_difference(s1, n1, s2, n2)
+    half = abtest.half_width(var, settings.ab_tau, settings.ab_alpha)
+    return max(-1.0, diff - half), min(1.0, diff + half)
 
 
 def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | None, outcomes: Iterable[Rec],
@@ -249,7 +232,7 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
     n = {candidate: 0, control_v: 0}
     s = {candidate: 0, control_v: 0}
     points: list[dict[str, Any]] = []
-    z = _normal_quantile(1 - settings.ab_alpha)
+    low, high = -1.0, 1.0  # running intersection: a confidence sequence only narrows (as the registry keeps it)
     for o in outcomes:
         if decision is not None and o.seq > decision.seq:
             break  # after the decision the outcomes belong to the new arrangement, not to this test
@@ -258,7 +241,10 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
             continue
         n[v] += 1
         s[v] += int(bool(o.data.get("success")))
-        ci = _diff_interval(s[candidate], n[candidate], s[control_v], n[control_v], z)
+        ci = _confidence_sequence(s[candidate], n[candidate], s[control_v], n[control_v], settings)
+        if ci is not None:
+            low, high = max(low, ci[0]), min(high, ci[1])
+            ci = (low, high)
         points.append({
             "at": o.at, "candidate_n": n[candidate], "control_n": n[control_v],
             "candidate_rate": s[candidate] / n[candidate] if n[candidate] else None,
@@ -276,11 +262,12 @@ def ab_panel(state: AdapterState, settings: RegistrySettings, started: Rec | Non
         "candidate": candidate, "control": control, "traffic": (state.ab.traffic if summary is not None and state.ab
                                                                   else started.data.get("traffic")),
         "started_at": started.at, "alpha": settings.ab_alpha, "min_samples": settings.ab_min_samples,
-        "ab_statistics": summary.model_dump() if summary else None,
+        "ab_statistics": summary.model_dump(mode="json") if summary else None,
         "decision": ({"type": decision.type, "at": decision.at, "reason": decision.data.get("reason"),
                       "statistics": decision.data.get("statistics") or {}} if decision else None),
         "series": series,
-        "interval": f"{1 - 2 * settings.ab_alpha:.0%} interval of the difference (candidate - control, Agresti-Caffo)",
+        "interval": f"{1 - settings.ab_alpha:.0%} always-valid confidence sequence of the difference "
+                    f"(candidate - control; normal mixture, tau {settings.ab_tau:g}: the registry's decision rule)",
     }
 
 

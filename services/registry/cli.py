@@ -141,7 +141,7 @@ def register(groups: dict[str, typer.Typer]) -> None:
     @app.command()
     def show(name: str, as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
         """One adapter's versions, production metrics and A/B statistics."""
-        from .core import ab_summary
+        from .core import ab_summary, show_json
         from .settings import RegistrySettings
 
         async def run():
@@ -149,12 +149,10 @@ def register(groups: dict[str, typer.Typer]) -> None:
                 return await _state(store, name)
 
         state = asyncio.run(run())
-        summary = ab_summary(state, RegistrySettings())
         if as_json:
-            data = state.model_dump(mode="json", exclude={"outbox"})
-            data["ab_statistics"] = summary.model_dump(mode="json") if summary else None
-            _print_json(data)
+            _print_json(show_json(state, RegistrySettings()))
             return
+        summary = ab_summary(state, RegistrySettings())
         from rich.console import Console
         from rich.table import Table
 

@@ -474,6 +474,14 @@ def drop_outbox(state: AdapterState | None, event_ids: set[str]) -> Change:
     return Change(state=new)
 
 
+def show_json(state: AdapterState, settings: RegistrySettings) -> dict:
+    """What `registry show NAME --json` prints (and the dashboard's adapter page): the entry and its A/B figures."""
+    summary = ab_summary(state, settings)
+    data = state.model_dump(mode="json", exclude={"outbox"})
+    data["ab_statistics"] = summary.model_dump(mode="json") if summary else None
+    return data
+
+
 def ab_summary(state: AdapterState, settings: RegistrySettings) -> abtest.AbResult | None:
     """The running test's current figures (what `registry show` / `registry ab` print)."""
     if state.ab is None:
