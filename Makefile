@@ -7,10 +7,11 @@ PYTEST_ARGS ?=
 
 .PHONY: setup browser test demo unit integration e2e bench lint clean
 
-setup: $(STAMP) browser
+setup: $(STAMP)
 
 # The dashboard's browser tests drive Debian's chromium through Playwright (Playwright's own
-# browser download is not reachable here). Installed only when missing; a failed install fails setup.
+# browser download is not reachable here). Installed only when missing (the demo doesn't need it);
+# a failed install fails `make test`, never a silent skip.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a pass.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: setup
