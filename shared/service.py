@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,6 +18,7 @@ from nats.js import JetStreamContext, api
 
 from lorafleet.shared.bus import publish_event, subject_of
 from lorafleet.shared.events import EVENTS_BY_TYPE, FAILED_STAGES, SUBJECT_PREFIX, Event, StageFailed, subject_for
+from lorafleet.shared.processes import stop_on_signals
 from lorafleet.shared.settings import Settings, get_settings
 from lorafleet.shared.telemetry.metrics import EVENTS_PUBLISHED
 
@@ -134,11 +134,7 @@ class Service:
 
     async def run(self, settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set or SIGINT/SIGTERM arrives."""
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals(stop)
         async with self.running(settings):
             await stop.wait()
 

@@ -8,10 +8,9 @@ subscription for the live feed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
+from lorafleet.shared.processes import stop_on_signals
 from lorafleet.shared.service import Service
 from lorafleet.shared.settings import Settings, get_settings
 from lorafleet.shared.telemetry.health import start_health_server
@@ -30,11 +29,7 @@ class DashboardService(Service):
 
         settings = settings or get_settings()
         dash = DashboardSettings()
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals(stop)
 
         def ready(host: str, port: int) -> None:
             shown = "127.0.0.1" if host in ("0.0.0.0", "") else host

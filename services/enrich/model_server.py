@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from lorafleet.shared.errors import ConfigError, LorafleetError
+from lorafleet.shared.processes import stop_on_signals
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 DEFAULT_MAX_TOKENS = 512
@@ -428,11 +428,8 @@ def serve_forever(model: str, adapters: dict[str, Path], host: str = "127.0.0.1"
     async def main() -> None:
         runner, bound = await start(ModelServer(local), host, port)
         print(f"serving {', '.join(local.names())} on http://{host}:{bound}/v1", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await stop_on_signals().wait()
         finally:
             await runner.cleanup()
 

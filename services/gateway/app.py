@@ -27,6 +27,7 @@ from lorafleet.services.registry.routing import RouteTable, RouteTarget, Router,
 from lorafleet.shared.events import ProductionOutcome
 from lorafleet.shared.problems import Limits
 from lorafleet.shared.prompts import extract_code
+from lorafleet.shared.processes import stop_on_signals
 from lorafleet.shared.settings import Settings, get_settings
 from lorafleet.shared.telemetry import metrics
 from lorafleet.shared.telemetry.health import health_app, start_health_server
@@ -539,11 +540,8 @@ def run(settings: Settings | None = None, gateway: GatewaySettings | None = None
     async def main() -> None:
         running = await start_gateway(settings, gateway)
         print(f"{READY_LINE} {running.url}", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await stop_on_signals().wait()
         finally:
             await running.stop()
 
