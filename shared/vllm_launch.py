@@ -112,6 +112,20 @@ def check_base_model(model_dir: str | Path, *, gpu: bool | None = None, setting:
     return config
 
 
+def seeded_sampling_args(max_model_len: int | None, *, gpu: bool) -> dict[str, object]:
+    """Engine arguments that keep per-request seeds safe.
+
+    On CPU, vLLM 0.32 kills its engine (`RuntimeError: CPU Generator does not use offset`) when a
+    request with a `seed` has its prompt prefilled in chunks: the model runner rewinds that
+    request's torch generator by an offset, which only CUDA generators have. Evaluations send a
+    seed per request (and the OpenAI `seed` field is common), so on CPU prompts are never chunked:
+    chunked prefill off, and a token budget per step that holds a whole prompt."""
+    if gpu:
+        return {}
+    return {"enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(max_model_len or 0, 8192)}
+
+
 def has_gpu() -> bool:
     """An NVIDIA GPU that nvidia-smi answers for (no torch import)."""
     if not shutil.which("nvidia-smi"):

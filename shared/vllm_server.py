@@ -14,6 +14,9 @@ benchmarks start it with `VLLMServer(...).start()`. What it takes care of:
   base stays reachable as `<name>@nolora`);
 - the dtype (float32 on CPU unless the model says otherwise) and the KV
   cache size in GiB on CPU;
+- on CPU, no chunked prefill: a request with a `seed` whose prompt is
+  prefilled in chunks kills vLLM 0.32's CPU engine (see
+  `vllm_launch.seeded_sampling_args`);
 - readiness: `start()` returns once /health answers, and raises with the tail
   of the server's log when the process exits first or the deadline passes.
 """
@@ -109,6 +112,9 @@ def plan(cfg: VLLMServerConfig, zero_dir: Path | None, *, python: str | None = N
         argv += ["--max-model-len", str(config["max_position_embeddings"])]
     for n, p in modules.items():
         argv += ["--lora-modules", f"{n}={p}"]
+    for key, value in vllm_launch.seeded_sampling_args(config.get("max_position_embeddings"), gpu=gpu).items():
+        flag = "--" + key.replace("_", "-")
+        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
     argv += cfg.extra_args
     env = vllm_launch.engine_env(cfg.kv_cache_gib, gpu=gpu)
     return Launch(argv=argv, env=env, served_name=name, max_lora_rank=max_rank, dtype=dtype)

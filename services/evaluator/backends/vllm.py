@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import subprocess
 import tempfile
@@ -46,9 +47,12 @@ class VLLMWorker:
     """One vllm_worker.py child: start it, send requests, read replies, stop it."""
 
     def __init__(self, config: dict[str, Any], *, python: str | None = None, env: dict[str, str] | None = None,
-                 start_timeout_s: float = 900.0, log_lines: int = 60):
+                 start_timeout_s: float = 900.0, log_lines: int = 200, log_path: str | Path | None = None):
         self.python = python or vllm_launch.vllm_python()
         self._log: deque[str] = deque(maxlen=log_lines)
+        # the engine's whole log, when wanted ($LORAFLEET_VLLM_LOG): errors carry only its tail
+        log_path = log_path or os.environ.get("LORAFLEET_VLLM_LOG")
+        self._sink = open(log_path, "a") if log_path else None
         self._replies: queue.Queue[dict | None] = queue.Queue()
         self._next_id = 0
         self._lock = threading.Lock()
@@ -82,9 +86,17 @@ class VLLMWorker:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self._log.append(line.rstrip())
+            if self._sink:
+                self._sink.write(line)
+                self._sink.flush()
 
     def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(list(self._log)[-lines:])
+        """The last lines of the engine's log, and the first error line before them (the root cause:
+        vLLM's engine process logs it, then the front end logs a generic EngineDeadError)."""
+        log = list(self._log)
+        tail = log[-lines:]
+        first_error = next((line for line in log[:-lines] if "Error" in line and "EngineDeadError" not in line), None)
+        return "\n".join(([first_error, "..."] if first_error else []) + tail)
 
     def _write(self, obj: dict) -> None:
         assert self.proc.stdin is not None
@@ -118,7 +130,7 @@ class VLLMWorker:
         if reply.get("id") != msg["id"]:
             raise BackendError(f"the vLLM worker answered request {reply.get('id')} to request {msg['id']}")
         if "error" in reply:
-            raise LorafleetError(f"vLLM: {reply['error']}")
+            raise LorafleetError(f"vLLM: {reply['error']}\n{self.log_tail()}")
         return reply
 
     def close(self) -> None:
@@ -170,7 +182,8 @@ class VLLMBackend:
             self.worker = VLLMWorker(
                 {"model": str(base_model), "dtype": dtype, "seed": seed, "max_lora_rank": max_lora_rank,
                  "max_loras": max(1, len(adapters)), "max_model_len": config.get("max_position_embeddings"),
-                 "adapters": {k: str(Path(v).resolve()) for k, v in adapters.items()}},
+                 "adapters": {k: str(Path(v).resolve()) for k, v in adapters.items()},
+                 "engine_args": vllm_launch.seeded_sampling_args(config.get("max_position_embeddings"), gpu=gpu)},
                 python=python, env=vllm_launch.engine_env(kv_cache_gib, gpu=gpu), start_timeout_s=start_timeout_s)
         except BaseException:
             self._cleanup()

