@@ -44,7 +44,7 @@ test-vllm: setup setup-vllm
 demo: setup
 	$(BIN)/lorafleet demo
 
-bench: setup
+bench: setup setup-vllm
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

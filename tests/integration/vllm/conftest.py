@@ -32,13 +32,15 @@ ADAPTER_NAME = "tiny-lora"
 START_TIMEOUT_S = 900  # vLLM start on a 2-core machine shared with other jobs: 20 s quiet, 3 min seen under load
 
 
-def make_adapter(base: Path, out: Path, r: int, targets: list[str]) -> Path:
-    """A LoRA whose B is nonzero (init_lora_weights=False), so base and base + adapter really differ."""
+def make_adapter(base: Path, out: Path, r: int, targets: list[str], alpha: int | None = None) -> Path:
+    """A LoRA whose B is nonzero (init_lora_weights=False), so base and base + adapter really differ.
+    On the random tiny model, scale alpha/r = 0.5 gives whole tokens ("ter ter ..."); 2 gives
+    byte tokens that decode to U+FFFD, which streaming servers hold back."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets,
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=targets,
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
     peft_model.save_pretrained(out)
     return out
@@ -51,7 +53,7 @@ def tiny_pair(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-vllm")
     base = make_tiny(root / "base")
-    return base, make_adapter(base, root / "adapters" / ADAPTER_NAME, 8, ["q_proj", "v_proj", "down_proj"])
+    return base, make_adapter(base, root / "adapters" / ADAPTER_NAME, 8, ["q_proj", "v_proj", "down_proj"], alpha=4)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +97,8 @@ def results():
     import types
 
     def greedy(problem_results) -> dict:
-        return {(r["problem_id"], r["variant"]): (s["completion"], r["greedy_passed"])
+        # U+FFFD: an incomplete UTF-8 byte sequence, which a streaming server holds back instead
+        return {(r["problem_id"], r["variant"]): ((s["completion"] or "").replace("\ufffd", ""), r["greedy_passed"])
                 for r in problem_results for s in r["samples"] if s["index"] == -1}
 
     def sampled_rates(problem_results, variant) -> list[float]:

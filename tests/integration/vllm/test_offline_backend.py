@@ -46,6 +46,12 @@ def test_eval_run_backend_vllm_matches_transformers(tiny_pair, problems, referen
     assert {k[0]: v for k, v in g.items() if k[1] == "base"} != {k[0]: v for k, v in g.items() if k[1] == "adapter"}
 
 
+def _token_class(text: str) -> str:
+    # A byte-level token that is part of a UTF-8 character: transformers decodes it alone as U+FFFD,
+    # vLLM's incremental detokenizer holds it back (""); EOS is "" in both. One class for all of them.
+    return "<partial or end>" if text == "" or "\ufffd" in text else text
+
+
 async def test_sampling_draws_from_the_same_distribution(offline, hf, problems):
     """Sampled output has the transformers backend's distribution: the first token of 400 samples
     (temperature 1, top_p 1), base and adapter, with a two-proportion z-test per frequent token."""
@@ -53,8 +59,8 @@ async def test_sampling_draws_from_the_same_distribution(offline, hf, problems):
     req = [build_request(problems[0], 0)]
     seen = {}
     for variant in ("base", "adapter"):
-        ours = Counter((await offline.generate(req, variant, params))[0].texts)
-        theirs = Counter((await hf.generate(req, variant, params))[0].texts)
+        ours = Counter(map(_token_class, (await offline.generate(req, variant, params))[0].texts))
+        theirs = Counter(map(_token_class, (await hf.generate(req, variant, params))[0].texts))
         common = [tok for tok, c in (ours + theirs).most_common(5)]
         for tok in common:
             p1, p2 = ours[tok] / params.n, theirs[tok] / params.n

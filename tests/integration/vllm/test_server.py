@@ -92,7 +92,7 @@ async def test_load_errors_name_the_setting(server, big_adapter, tmp_path):
         with pytest.raises(EndpointRequestError, match=r"found no adapter at .*nowhere"):
             await backend.load_adapter("missing", str(tmp_path / "nowhere"))
         gen = await backend.generate([build_request_for("still up")], "base", SamplingParams(n=1, temperature=0.0, max_new_tokens=4))
-        assert gen[0].output_tokens[0] > 0
+        assert len(gen[0].texts) == 1  # the server still answers
     finally:
         await backend.aclose()
 
