@@ -27,14 +27,16 @@ def _cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "lorafleet.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_head_size_vllm_cpu_lacks_is_refused_before_starting(tiny_pair, tmp_path):
+def test_head_size_vllm_cpu_lacks_is_refused_before_starting(tiny_pair, problems, tmp_path):
     base, adapter = tiny_pair
+    problems_file = tmp_path / "problems.jsonl"
+    problems_file.write_text(problems[0].model_dump_json() + "\n")
     bad = _variant(base, tmp_path / "hd16", hidden_size=64)  # 64 / 4 heads = 16: not in vLLM's CPU attention
     res = _cli("model", "serve", str(bad), "--engine", "vllm", "--port", "0")
     assert res.returncode == 2, res.stdout + res.stderr
     assert "head size 16" in res.stderr and "hidden_size / num_attention_heads" in res.stderr
     res = _cli("eval", "run", "--backend", "vllm", "--base", str(bad), "--adapter", str(adapter),
-               "--problems", str(tmp_path / "unused.jsonl"), "--n", "1", "--k", "1")
+               "--problems", str(problems_file), "--n", "1", "--k", "1")
     assert res.returncode == 2 and "head size 16" in res.stderr, res.stderr
 
 
