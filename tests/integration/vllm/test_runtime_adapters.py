@@ -19,7 +19,11 @@ import shutil
 import aiohttp
 import pytest
 
+from lorafleet.shared.prompts import SYSTEM_PROMPT
+
 BASE_NAME, ADAPTER_NAME = "tiny", "tiny-lora"  # as in conftest.py
+MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "Read a line of integers and print their sum plus 3."}]
 pytestmark = pytest.mark.timeout(1200)  # the session's server start may be charged to this test
 
 
@@ -35,7 +39,7 @@ async def _post(s: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, st
 
 
 async def _chat(s: aiohttp.ClientSession, url: str, model: str, stream: bool = False) -> tuple[int, str]:
-    body = {"model": model, "messages": [{"role": "user", "content": "Print the sum of two numbers."}],
+    body = {"model": model, "messages": MESSAGES,
             "max_tokens": 8, "temperature": 0.0, "stream": stream}
     async with s.post(url + "/chat/completions", json=body) as r:
         if r.status != 200 or not stream:
