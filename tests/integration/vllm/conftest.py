@@ -36,10 +36,12 @@ def make_adapter(base: Path, out: Path, r: int, targets: list[str], alpha: int |
     """A LoRA whose B is nonzero (init_lora_weights=False), so base and base + adapter really differ.
     On the random tiny model, scale alpha/r = 0.5 gives whole tokens ("ter ter ..."); 2 gives
     byte tokens that decode to U+FFFD, which streaming servers hold back."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(0)  # the same adapter every run: with seed 0, base and adapter differ in greedy output
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=targets,
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
     peft_model.save_pretrained(out)
