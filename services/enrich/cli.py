@@ -88,11 +88,30 @@ def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0 = a free one; the URL is printed)")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="model name of the base model (default: the directory name)")] = None,
+    engine: Annotated[str, typer.Option(help="transformers (built in, one request at a time) | vllm (vLLM's server from .venv-vllm: `make setup-vllm`)")] = "transformers",
+    max_lora_rank: Annotated[Optional[int], typer.Option(help="vllm: largest adapter rank it can load (default: from --adapter / --adapter-dir, else 64)")] = None,
+    max_loras: Annotated[int, typer.Option(min=1, help="vllm: adapters in one batch")] = 4,
+    adapter_dir: Annotated[Optional[Path], typer.Option(help="vllm: directory of adapters loaded at run time; their ranks count for --max-lora-rank")] = None,
+    dtype: Annotated[str, typer.Option(help="vllm: auto (the model's, float32 on CPU) | float32 | bfloat16 | float16")] = "auto",
+    kv_cache_gib: Annotated[int, typer.Option(min=1, help="vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")] = 1,
+    base_adapter: Annotated[bool, typer.Option("--base-adapter/--no-base-adapter", help="vllm: serve the base through a zero adapter, so mixed base/LoRA batches are correct")] = True,
 ) -> None:
     """Serve a local model (+ LoRA adapters by name) on an OpenAI-compatible /v1/chat/completions."""
     from lorafleet.services.enrich.model_server import parse_adapters, serve_forever
 
-    serve_forever(model_dir, adapters=parse_adapters(adapter or []), host=host, port=port, base_name=name)
+    adapters = parse_adapters(adapter or [])
+    if engine == "vllm":
+        from lorafleet.services.trainer.tiny_model import resolve_base_model
+        from lorafleet.shared.nats_server import free_port
+        from lorafleet.shared.vllm_server import VLLMServerConfig, serve_foreground
+
+        cfg = VLLMServerConfig(model=resolve_base_model(model_dir), host=host, port=port or free_port(), name=name,
+                               adapters=adapters, adapter_dir=adapter_dir, max_lora_rank=max_lora_rank, max_loras=max_loras,
+                               dtype=dtype, kv_cache_gib=kv_cache_gib, base_adapter=base_adapter)
+        raise typer.Exit(serve_foreground(cfg, echo=lambda line: typer.echo(line, err=False)))
+    if engine != "transformers":
+        raise ConfigError(f"--engine {engine!r}: use transformers or vllm")
+    serve_forever(model_dir, adapters=adapters, host=host, port=port, base_name=name)
 
 
 def register(groups: dict[str, typer.Typer]) -> None:

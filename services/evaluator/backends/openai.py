@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from typing import Any
 
@@ -33,6 +34,23 @@ class _Retry(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+def load_error(url: str, name: str, path: str, status: int, text: str) -> str:
+    """A failed /v1/load_lora_adapter, said with the setting that fixes it."""
+    rank = re.search(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)", text)
+    if rank:
+        return (f"adapter {name!r} ({path}): its LoRA rank {rank[1]} is above the server's max_lora_rank {rank[2]}: "
+                f"restart the server with --max-lora-rank {rank[1]} or larger "
+                f"(`lorafleet model serve --engine vllm --max-lora-rank ...`)")
+    if status == 404 and "no adapter found" in text.lower():
+        return (f"adapter {name!r}: the server found no adapter at {path}: the path is read by the server, so it must "
+                "exist on the server's machine and hold adapter_config.json")
+    if status == 404:
+        return (f"POST {url} is not there (HTTP 404): start vLLM with --enable-lora and "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (`lorafleet model serve --engine vllm` does)")
+    return (f"POST {url} for adapter {name!r} failed with HTTP {status}: {text[:300]} "
+            "(start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -83,14 +101,14 @@ class OpenAIBackend:
             self._session = None
 
     async def load_adapter(self, name: str, path: str) -> None:
-        """vLLM runtime loading (server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)."""
+        """vLLM runtime loading (server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, as
+        `lorafleet model serve --engine vllm` does). vLLM's errors are turned into the setting to change."""
         url = self.endpoint + "/load_lora_adapter"
         async with self._client().post(url, json={"lora_name": name, "lora_path": path}) as resp:
             text = await resp.text()
             if resp.status == 200 or (resp.status == 400 and "already" in text.lower()):
                 return
-            raise EndpointRequestError(f"POST {url} for adapter {name!r} failed with HTTP {resp.status}: {text[:300]} "
-                                       "(start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
+            raise EndpointRequestError(load_error(url, name, path, resp.status, text))
 
     async def generate(self, requests: list[GenRequest], variant: Variant, params: SamplingParams) -> list[Generation]:
         if variant == "adapter":
