@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lorafleet-installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: setup test demo unit integration e2e bench lint clean
+.PHONY: setup test demo tiny-base unit integration e2e bench lint clean
 
 setup: $(STAMP)
 
@@ -27,7 +28,11 @@ integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/lorafleet demo
+	$(BIN)/lorafleet demo $(DEMO_ARGS)
+
+# Rebuild the pretrained tiny base shipped in services/trainer/tiny_base/ (~10 min of CPU).
+tiny-base: setup
+	$(BIN)/lorafleet model build-tiny
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -24,8 +24,14 @@ from typing import Callable, Iterable, Literal
 
 from lorafleet.shared.problems import Problem, TestCase, TrainExample
 
-Stage = Literal["pretrain", "lora"]
+Stage = Literal["pretrain", "lora", "production"]
 K_VALUES = tuple(range(2, 26))
+# Production (the demo's traffic) reaches further than the first training set: K up to 40.
+PRODUCTION_K_VALUES = tuple(range(2, 41))
+# Pretraining writes every constant the production problems can ask for, so the base has
+# trained embeddings for them (TINY_MODEL_NOTES.md: a token never seen in pretraining
+# breaks sampled outputs).
+PRETRAIN_K_VALUES = PRODUCTION_K_VALUES
 WORDS = (
     "cat dog sun moon tree book code lamp rain snow fish bird star leaf rock wind "
     "milk bread apple lemon river cloud stone green blue red"
@@ -105,6 +111,20 @@ FAMILIES: dict[str, Family] = {
                _READ_WORD + "print(s + '!' * {k})", _word, lambda s, k, c: s + "!" * k),
         Family("word_len_add", "lora", "python", "Read a word. Print its length plus {k}.",
                _READ_WORD + "print(len(s) + {k})", _word, lambda s, k, c: str(len(s) + k)),
+        # ---- production, python: new combinations of the LoRA families' words and operations
+        # (no first-run training example has them; the statements reuse the LoRA families'
+        # vocabulary, so a first adapter is partly right and its verified answers teach a retrain)
+        Family("list_sum_mul", "production", "python", "Read a line of integers. Print their sum times {k}.",
+               _READ_LIST + "print(sum(a) * {k})", _ints, lambda s, k, c: str(sum(_nums(s)) * k)),
+        Family("list_max_add", "production", "python", "Read a line of integers. Print the largest one plus {k}.",
+               _READ_LIST + "print(max(a) + {k})", _ints, lambda s, k, c: str(max(_nums(s)) + k)),
+        Family("list_min_mul", "production", "python", "Read a line of integers. Print the smallest one times {k}.",
+               _READ_LIST + "print(min(a) * {k})", _ints, lambda s, k, c: str(min(_nums(s)) * k)),
+        Family("list_each_add", "production", "python", "Read a line of integers. Print each of them plus {k}, separated by spaces.",
+               _READ_LIST + "print(' '.join(str(x + {k}) for x in a))", _ints,
+               lambda s, k, c: " ".join(str(x + k) for x in _nums(s))),
+        Family("word_len_mul", "production", "python", "Read a word. Print its length times {k}.",
+               _READ_WORD + "print(len(s) * {k})", _word, lambda s, k, c: str(len(s) * k)),
         # ---- LoRA, math: two integers and digits
         Family("tri_add", "lora", "math", "Read an integer n. Print the sum of the integers from 1 to n, plus {k}.",
                _READ_N + "print(n * (n + 1) // 2 + {k})", _int, lambda s, k, c: str(int(s) * (int(s) + 1) // 2 + k)),
@@ -122,6 +142,7 @@ FAMILIES: dict[str, Family] = {
 
 PRETRAIN_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "pretrain")
 LORA_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "lora")
+PRODUCTION_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "production")
 
 
 def lora_types(domain: str | None = None) -> tuple[str, ...]:
@@ -173,7 +194,7 @@ def pretrain_problems(n: int, seed: int = 0) -> list[Problem]:
     out = []
     for _ in range(n):
         family = rng.choice(PRETRAIN_TYPES)
-        out.append(make_problem(family, rng.choice(K_VALUES), rng.randint(1, 9)))
+        out.append(make_problem(family, rng.choice(PRETRAIN_K_VALUES), rng.randint(1, 9)))
     return out
 
 
@@ -212,7 +233,7 @@ def code_snippets(n: int, seed: int = 0) -> list[str]:
     int_reads = [_READ_N, _READ_AB]
 
     def num() -> int:
-        return rng.randint(0, 30)
+        return rng.randint(0, max(PRODUCTION_K_VALUES))
 
     def list_stmt() -> str:
         f = rng.choice(["sum", "max", "min", "len", "sorted"])
