@@ -8,7 +8,7 @@ v1's verified production successes beat v1 on the held-out production slice?
 The same code the services run (ingest's build_dataset, the trainer's train, the
 evaluator's run_evaluation + sandbox judge); only the transport is left out.
 
-    PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/demo_retrain.py --work /tmp/demo-retrain
+    PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/demo_retrain.py [--work DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/demo-retrain"),
+                    help="datasets, adapters, the pool and result.json (trained adapters are reused)")
     ap.add_argument("--config", type=Path, default=Path("configs/demo_python_lora.yaml"))
     ap.add_argument("--requests", type=int, default=300, help="production requests v1 answers")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of production requests")
@@ -59,7 +60,9 @@ async def run(args) -> None:
     print(f"production: {len(split.traffic)} traffic problems, {len(split.heldout)} held out "
           f"({len(split.dropped_near_duplicates)} dropped as near-duplicates)", flush=True)
 
-    def train_version(name: str, extra: list) -> Path:
+    def train_version(name: str, extra: list, reuse: bool) -> Path:
+        import shutil
+
         t = time.monotonic()
         report = build_dataset(cfg.data, judge=sandbox_judge(), out_dir=work / f"ds-{name}", extra_sources=extra)
         times[f"ingest {name}"] = time.monotonic() - t
@@ -67,13 +70,16 @@ async def run(args) -> None:
               f"dup removed {report.get('duplicates_removed')}", flush=True)
         t = time.monotonic()
         out = work / f"adapter-{name}"
+        if not reuse:
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(work / f"ckpt-{name}", ignore_errors=True)
         if not (out / "adapter_config.json").is_file():
             train(TrainJob(config=cfg, dataset_dir=work / f"ds-{name}", output_dir=out, checkpoint_dir=work / f"ckpt-{name}"))
         times[f"train {name}"] = time.monotonic() - t
         print(f"train {name}: {times[f'train {name}']:.0f}s", flush=True)
         return out
 
-    v1 = train_version("v1", [])
+    v1 = train_version("v1", [], reuse=True)  # v1 depends only on the config: kept between runs
 
     # v1 serves production traffic: sampled answers, judged, the collector's rule.
     t = time.monotonic()
@@ -119,7 +125,7 @@ async def run(args) -> None:
     print(f"traffic: {args.requests} requests to v1, {successes} successes, pool {len(pool)} "
           f"({len(per_problem)} problems); per family {json.dumps(fams)}", flush=True)
 
-    v2 = train_version("v2", [SourceSection(type="production", path=str(pool_path))])
+    v2 = train_version("v2", [SourceSection(type="production", path=str(pool_path))], reuse=False)
 
     t = time.monotonic()
     scores = await measure_slice(base, {"v1": v1, "v2": v2}, split.heldout)
