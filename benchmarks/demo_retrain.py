@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("configs/demo_python_lora.yaml"))
     ap.add_argument("--requests", type=int, default=300, help="production requests v1 answers")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of production requests")
+    ap.add_argument("--pool-limit", type=int, default=40,
+                    help="the collector's retrain threshold: v2 trains on the first this many pool entries")
     args = ap.parse_args()
     asyncio.run(run(args))
 
@@ -101,7 +103,8 @@ async def run(args) -> None:
     for p, code, j in zip(asked, codes, verdicts):
         ok = j.verdict == "passed"
         successes += ok
-        outcome = ProductionOutcome(adapter_name=cfg.adapter_name, version=1, request_key="offline", success=ok,
+        outcome = ProductionOutcome(request_id=f"offline-{len(pool)}-{successes}", adapter_name=cfg.adapter_name,
+                                    version=1, request_key="offline", success=ok,
                                     confidence=1 - 2 ** -len(p.tests) if ok else 1.0, latency_ms=1.0,
                                     problem=p.statement, solution=code or None,
                                     tests=[c.model_dump(exclude_none=True) for c in p.tests])
@@ -111,6 +114,8 @@ async def run(args) -> None:
         key = pool_key(cfg.adapter_name, p.statement, code)
         prefix = key.rsplit(".", 1)[0]
         if key in pool or per_problem.get(prefix, 0) >= settings.max_solutions_per_problem:
+            continue
+        if len(pool) >= args.pool_limit:  # the retrain was requested at this point
             continue
         per_problem[prefix] = per_problem.get(prefix, 0) + 1
         pool[key] = problem

@@ -1,10 +1,13 @@
 """The demo's production distribution: wider than the first training set.
 
-The first adapter (v1) trains on the python LoRA families of shared/synthetic.py with
-K in 2..25. Production asks for more:
-- new combinations: the PRODUCTION_TYPES families (sum *times* K, largest one *plus* K,
-  ...), whose statements reuse the LoRA families' words, so v1 is partly right;
-- new parameter ranges: the LoRA families with K in 26..40.
+The first adapter (v1) trains on the python LoRA families of shared/synthetic.py, each
+with one wording. Production users word the same kinds of task differently: the
+PRODUCTION_TYPES families ("Print the sum plus K", "Print it K times", ...), which no
+first-run example uses. v1 is partly right on them (measured 19-50% per family, sampled),
+so its verified answers are new training data.
+(Designs tried first and dropped, docs/notes/issue-18.md: new combinations such as "sum
+times K" and constants 26..40 — v1 solved 0% and ~12% of them, and a retrain on its
+few successes did not measurably improve.)
 
 Every (family, K) pair is one problem. A fixed share of the pairs is the held-out slice:
 never sent as traffic, and a held-out problem that ingest's own dedup (NearDuplicates with
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from lorafleet.shared import synthetic
 from lorafleet.shared.problems import Problem
 
-HELDOUT_SHARE = 0.25  # of the production pairs; the rest is traffic
+HELDOUT_SHARE = 0.3  # of the production pairs; the rest is traffic
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,8 @@ class ProductionSplit:
 
 
 def production_pairs(domain: str = "python") -> list[tuple[str, int]]:
-    first_ks = set(synthetic.K_VALUES)
-    new_ranges = [(f, k) for f in synthetic.lora_types(domain) for k in synthetic.PRODUCTION_K_VALUES if k not in first_ks]
-    new_families = [(f, k) for f in synthetic.PRODUCTION_TYPES if synthetic.FAMILIES[f].domain == domain
-                    for k in synthetic.PRODUCTION_K_VALUES]
-    return new_families + new_ranges
+    return [(f, k) for f in synthetic.PRODUCTION_TYPES if synthetic.FAMILIES[f].domain == domain
+            for k in synthetic.K_VALUES]
 
 
 def is_heldout_pair(family: str, k: int, share: float = HELDOUT_SHARE) -> bool:

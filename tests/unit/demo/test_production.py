@@ -20,20 +20,22 @@ def test_production_is_wider_than_the_first_training_set_and_the_slice_is_never_
     pairs = {(p.meta["family"], p.meta["k"]) for p in split.traffic + split.heldout}
     assert pairs <= set(production_pairs())
     assert not pairs & first and not pairs & first_eval  # nothing v1 trained or was gated on
-    assert {f for f, _ in pairs} >= set(synthetic.PRODUCTION_TYPES)  # new combinations
-    assert any(k > max(synthetic.K_VALUES) for _, k in pairs)  # new parameter ranges
+    assert {f for f, _ in pairs} == set(synthetic.PRODUCTION_TYPES)
+    # no first-run statement is worded like a production one (the wording is what is new)
+    first_statements = {p.statement for p in synthetic.lora_problems("python", "train")}
+    assert not first_statements & {p.statement for p in split.traffic + split.heldout}
     traffic_ids = {p.id for p in split.traffic}
     assert split.heldout and not traffic_ids & {p.id for p in split.heldout}
-    assert len(split.heldout) >= 60  # enough problems for a CI of a few points
+    assert len(split.heldout) >= 45  # enough problems for a CI of about ±0.1
     # every production family is measured
     assert {p.meta["family"] for p in split.heldout} >= set(synthetic.PRODUCTION_TYPES)
     assert split_production() == split  # deterministic
 
 
 def test_near_duplicates_of_traffic_are_dropped_from_the_slice_by_ingests_dedup():
-    a = synthetic.make_problem("list_sum_mul", 7)
+    a = synthetic.make_problem("sum_the_plus", 7)
     same = a.model_copy(update={"id": "other/x", "statement": "  " + a.statement.upper().replace(". ", ".\n")})
-    other_k = synthetic.make_problem("list_sum_mul", 8)
+    other_k = synthetic.make_problem("sum_the_plus", 8)
     kept, dropped = exclude_near_duplicates([same, other_k], [a])
     assert [p.id for p in dropped] == ["other/x"]
     assert [p.id for p in kept] == [other_k.id]  # K=8 vs K=7 is another problem (numbers differ)
@@ -73,7 +75,7 @@ def test_slice_report_cis_and_the_improvement_rule():
 
 
 def test_request_body_carries_the_statement_and_the_tests_for_the_gateway():
-    p = synthetic.make_problem("list_max_add", 31)
+    p = synthetic.make_problem("word_then_bangs", 21)
     body = request_body(p, temperature=0.8, max_tokens=64, seed=3)
     assert body["messages"][-1] == {"role": "user", "content": p.statement}
     tests = body["extra_body"]["lorafleet"]["tests"]
