@@ -56,7 +56,7 @@ class LoadGenerator:
     base_url: str  # the gateway's OpenAI base URL, e.g. http://127.0.0.1:8400/v1
     model: str  # the adapter name: the gateway routes it by the registry's A/B test
     problems: Sequence[Problem]
-    users: int = 24
+    users: int = 400  # many route keys: the A/B split of users is close to the configured share
     concurrency: int = 4
     temperature: float = 0.8
     max_tokens: int = 64

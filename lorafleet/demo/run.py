@@ -46,7 +46,7 @@ from lorafleet.shared.errors import LorafleetError
 log = logging.getLogger("lorafleet.demo")
 
 AB_PATIENCE_S = 180.0  # traffic time an A/B test gets before the demo stops waiting for its decision
-RETRAIN_PATIENCE_S = 240.0  # traffic time for the collector's pool to trigger the retrain
+RETRAIN_PATIENCE_S = 480.0  # traffic time for the collector's pool to trigger the retrain (40 verified successes)
 DEMO_ENV = {
     # The demo's A/B test and retrain trigger: small enough to finish in minutes.
     "LORAFLEET_REGISTRY_AB_TRAFFIC": "0.5",
