@@ -24,7 +24,7 @@ def _default_config() -> Path:
 def demo(
     config: Annotated[Path, typer.Option(help="training config of the demo run")] = None,  # type: ignore[assignment]
     data_dir: Annotated[Path, typer.Option(help="NATS store, artifacts, logs and reports of the demo")] = Path(".lorafleet/demo"),
-    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 1500.0,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds (from the first train.requested)")] = 2400.0,
     summary_json: Annotated[Path, typer.Option(help="also write the summary as JSON to this file")] = None,  # type: ignore[assignment]
 ) -> None:
     """The whole fleet on this machine: shipped tiny base → train → evaluate → register → real
