@@ -279,6 +279,12 @@ class Demo:
             self.outcomes.add(event)
             return
         if t == "train.requested" and event.request_id not in self.runs:
+            if event.reason == "retrain" and self._retrain_run() is not None:
+                # The pool refilled during v2's A/B test: the story follows the first retrain only;
+                # its A/B test keeps the traffic (and the CPU).
+                self.say(f"the collector requested another retrain ({event.request_id[:8]}); the demo follows only "
+                         "the first one")
+                return
             self.runs[event.request_id] = RunTrack(event.request_id, event.reason)
             self.order.append(event.request_id)
             if event.reason == "retrain":

@@ -120,6 +120,9 @@ def test_the_demo_waits_for_the_retrain_to_be_registered():
     assert demo.traffic.calls == ["pause"]  # the retrain gets the CPU
     _feed(demo, AdapterRegistered(request_id="r2", adapter_name="a", version=2, lora_int_id=2, status="candidate"))
     assert demo.finished("r") is None  # v2's A/B test on live traffic is not decided yet
+    again = TrainRequested(request_id="r3", adapter_name="a", config={}, config_sha256="x", reason="retrain")
+    _feed(demo, again)  # the pool refilled during v2's A/B test: not followed, traffic not paused
+    assert demo.traffic.calls == ["pause"] and "r3" not in demo.runs
     _feed(demo, AdapterPromoted(request_id="r2", adapter_name="a", version=2, previous_version=1, reason="significant"))
     assert "decided v2" in demo.finished("r")
     assert [demo.runs[r].reason for r in demo.order] == ["manual", "retrain"]
