@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("configs/demo_python_lora.yaml"))
     ap.add_argument("--requests", type=int, default=300, help="production requests v1 answers")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of production requests")
+    ap.add_argument("--seed", type=int, default=0, help="which traffic v1 sees (the requests and their sampling)")
     ap.add_argument("--pool-limit", type=int, default=40,
                     help="the collector's retrain threshold: v2 trains on the first this many pool entries")
     args = ap.parse_args()
@@ -85,11 +86,11 @@ async def run(args) -> None:
 
     # v1 serves production traffic: sampled answers, judged, the collector's rule.
     t = time.monotonic()
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     asked = [rng.choice(split.traffic) for _ in range(args.requests)]
     backend = TransformersBackend(base, v1, batch_size=16)
     params = SamplingParams(n=1, temperature=args.temperature, max_new_tokens=64, seed=0)
-    reqs = [build_request(p, seed=i) for i, p in enumerate(asked)]
+    reqs = [build_request(p, seed=args.seed * 100_003 + i) for i, p in enumerate(asked)]
     reqs = [r.model_copy(update={"problem_id": f"{r.problem_id}#{i}"}) for i, r in enumerate(reqs)]
     gens = await backend.generate(reqs, "adapter", params)
     await backend.aclose()
