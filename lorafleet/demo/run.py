@@ -1,18 +1,27 @@
-"""`lorafleet demo`: the whole fleet on one machine, from a tiny model to an automatic retrain.
+"""`lorafleet demo`: the whole fleet on one machine, from the shipped tiny base to a retrain
+that measurably learned from production.
 
-1. builds (or reuses) the cached tiny pretrained base;
-2. starts the embedded nats-server and every service (the `lorafleet up`
-   supervisor) and a local OpenAI-compatible model server for enrich;
+1. the pretrained tiny base ships with the package (sha256-checked; built and cached only
+   when the recipe changed);
+2. starts the embedded nats-server, every service (the `lorafleet up` supervisor) with the
+   gateway, and a local OpenAI-compatible model server: enrich's endpoint and the gateway's
+   inference backend;
 3. publishes train.requested for configs/demo_python_lora.yaml and follows it:
-   ingest → enrich → training (live progress) → evaluation → registry;
-4. runs the SIMULATED traffic (lorafleet/demo/traffic.py) against the registry's A/B
-   routing until it promotes or rolls back, and until the collector's pool
-   requests a retrain, which is followed through the same path;
-5. prints the summary: stage times, base vs adapter pass@1 with the CI of the
-   difference, the gate table, the registry's versions, the report's path.
+   ingest → enrich → training → evaluation → gate → registry (v1, A/B against the base);
+4. production: the load generator (lorafleet/demo/load.py) sends real requests through the
+   gateway with the openai client, one route key per simulated user, each with its problem's
+   tests, on a distribution wider than v1's training set (lorafleet/demo/production.py).
+   The version the A/B router picks answers, the sandbox judges it, the registry counts it
+   and the collector pools the verified successes;
+5. the collector's pool triggers the retrain (not the demo): the same path gives v2, which is
+   A/B-tested against v1 on live traffic and decided by the registry's test;
+6. measures pass@1 of base, v1 and v2 on the held-out production slice (never sent as
+   traffic) with 95% CIs and v2 − v1 with its CI; the demo succeeds only when that CI lies
+   above zero. Summary on the console and, with --summary-json, as JSON.
 
-Every process it starts is in its own process group, dies with it
-(PR_SET_PDEATHSIG) and is stopped on exit, Ctrl-C or SIGTERM.
+Every process it starts is in its own process group, dies with it (PR_SET_PDEATHSIG) and
+is stopped on exit, Ctrl-C or SIGTERM. A backend that dies during traffic stops the demo
+with a non-zero exit and no improvement claimed.
 """
 
 from __future__ import annotations
@@ -28,43 +37,47 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lorafleet.demo.fleet import (ModelServer, _free_port, _supervisor, gateway_env, gateway_url, require_gateway,
+                                  wait_healthy)
+from lorafleet.demo.summary import _f, print_summary
+from lorafleet.demo.track import OutcomeTally, RunTrack, kind_of, pass_rates
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.demo.dashboard import DemoDashboard
-from lorafleet.demo.fleet import ModelServer, _supervisor
-from lorafleet.demo.summary import _f, _sim_label, print_summary
-from lorafleet.demo.track import RunTrack, kind_of, pass_rates
 
 log = logging.getLogger("lorafleet.demo")
 
-AB_PATIENCE_S = 90.0  # traffic time an A/B test gets before the demo stops waiting for its decision
-RETRAIN_PATIENCE_S = 180.0  # after the decision, time for the collector's pool to trigger the retrain
+AB_PATIENCE_S = 180.0  # traffic time an A/B test gets before the demo stops waiting for its decision
+RETRAIN_PATIENCE_S = 480.0  # traffic time for the collector's pool to trigger the retrain (40 verified successes)
 DEMO_ENV = {
     # The demo's A/B test and retrain trigger: small enough to finish in minutes.
     "LORAFLEET_REGISTRY_AB_TRAFFIC": "0.5",
-    "LORAFLEET_REGISTRY_AB_MIN_SAMPLES": "60",
+    "LORAFLEET_REGISTRY_AB_MIN_SAMPLES": "40",
     "LORAFLEET_REGISTRY_RETRAIN_POOL_THRESHOLD": "40",
     "LORAFLEET_REGISTRY_RETRAIN_CHECK_INTERVAL_S": "2",
+    "LORAFLEET_REGISTRY_REQUIRE_TESTS": "true",  # only answers the sandbox judged become training data
     "LORAFLEET_MAX_DELIVER": "3",
     "LORAFLEET_RETRY_DELAY_S": "1",
 }
 
-# --------------------------------------------------------------------------- the run
-
 
 class Demo:
-    def __init__(self, config_path: Path, data_dir: Path, timeout_s: float, console: Any, stay: bool = False) -> None:
+    def __init__(self, config_path: Path, data_dir: Path, timeout_s: float, console: Any,
+                 summary_json: Path | None = None, stay: bool = False) -> None:
         self.config_path, self.data_dir, self.timeout_s, self.console = config_path, data_dir, timeout_s, console
-        self.stay = stay
+        self.summary_json, self.stay = summary_json, stay
         self.t0 = time.monotonic()
         self.timings: dict[str, float] = {}
         self.runs: dict[str, RunTrack] = {}
         self.order: list[str] = []
         self.decisions: list[Any] = []
         self.ab_started: list[Any] = []
-        self.sim_stats: dict[str, list[int]] = {}
-        self.sim_sent = 0
+        self.outcomes = OutcomeTally()
+        self.load_stats: list[Any] = []  # LoadStats of each traffic phase
+        self.production_eval: dict[str, Any] | None = None
+        self.failure: str | None = None  # why the demo stopped short (then it fails)
         self._registered_at: dict[int, float] = {}
         self._decided_at: dict[int, float] = {}
+        self._traffic_since: float | None = None
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/dim]  {text}")
@@ -75,6 +88,7 @@ class Demo:
         from lorafleet.shared.config import load_config
         from lorafleet.shared.settings import get_settings
 
+        require_gateway()
         cfg = load_config(self.config_path)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.fresh_start()
@@ -88,16 +102,15 @@ class Demo:
         settings = get_settings()
 
         t = time.monotonic()
-        self.say(f"tiny base model ({cfg.base_model}): building or reusing the cache ...")
         from lorafleet.services.trainer.tiny_model import resolve_base_model
 
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        # Pretraining prints its loss dicts and progress bars: into the log, not over the demo's lines.
+        # A build (recipe changed) prints loss dicts: into the log, not over the demo's lines.
         with open(logs / "tiny-model.log", "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             model_dir = Path(resolve_base_model(cfg.base_model))
         self.timings["tiny model"] = time.monotonic() - t
-        self.say(f"tiny base model ready in {self.timings['tiny model']:.1f}s: {model_dir}")
+        self.say(f"tiny base model ({cfg.base_model}) ready in {self.timings['tiny model']:.1f}s: {model_dir}")
         return cfg, settings, model_dir
 
     def fresh_start(self) -> None:
@@ -110,7 +123,7 @@ class Demo:
         if read_embedded_url(self.data_dir.resolve()):
             raise LorafleetError(f"a demo or `lorafleet up` is already running on {self.data_dir}: stop it first "
                                  "or pass another --data-dir")
-        for sub in ("nats", "artifacts", "reports", "logs", "ingest", "trainer", "evaluator"):
+        for sub in ("nats", "artifacts", "reports", "logs", "ingest", "trainer", "evaluator", "gateway", "measure"):
             shutil.rmtree(self.data_dir / sub, ignore_errors=True)
 
     # ---------------------------------------------------------------- main
@@ -118,24 +131,27 @@ class Demo:
     def run(self) -> int:
         cfg, settings, model_dir = self.prepare()
         logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
         server = ModelServer(model_dir, logs / "model-server.log", cfg.enrich.model or "tiny-base")
         sup = _supervisor(settings, logs / "services.log")
         dashboard = DemoDashboard(logs / "dashboard.log")
+        port = _free_port()
         try:
             t = time.monotonic()
+            server.start()
+            os.environ.update(gateway_env(server.url, port))  # the supervisor's children inherit it
             url = sup.start_server()
             from lorafleet.shared.bus import ensure_infrastructure
 
             asyncio.run(ensure_infrastructure(settings.model_copy(update={"nats_url": url})))
             sup.check(url)
             self.say(f"[bold]dashboard: {dashboard.start(url)}[/bold] (follow the run, the A/B test and the retrain there)")
-            server.start()
+            self.gateway = gateway_url(port)
+            wait_healthy(self.gateway, "gateway", 120.0, alive=lambda: server.exit_code() is None)
             self.timings["startup"] = time.monotonic() - t
             self.say(f"NATS {url}, services {', '.join(c.label for c in sup.children)} "
-                     f"(logs: {logs / 'services.log'}), model server {server.url}")
+                     f"(logs: {logs / 'services.log'}), model server {server.url}, gateway {self.gateway}")
             cfg = cfg.model_copy(update={"enrich": cfg.enrich.model_copy(update={"endpoint": server.url})})
-            code = asyncio.run(self.pipeline(settings, url, cfg, sup))
+            code = asyncio.run(self.pipeline(settings, url, cfg, sup, server, model_dir))
             if self.stay:
                 dashboard.stay(self.say, sup, url)
             return code
@@ -148,20 +164,24 @@ class Demo:
 
                 sup.server.stop()
                 clear_embedded_url(settings.data_dir.resolve())
-            self.say("stopped the services, the model server and NATS")
+            self.say("stopped the services, the gateway, the model server and NATS")
 
-    async def pipeline(self, settings: Any, url: str, cfg: Any, sup: Any) -> int:
+    async def pipeline(self, settings: Any, url: str, cfg: Any, sup: Any, server: ModelServer, model_dir: Path) -> int:
         from nats.js import api
 
+        from lorafleet.demo.production import split_production
         from lorafleet.services.trainer.follow import make_request
         from lorafleet.shared.bus import connect, publish_event
         from lorafleet.shared.events import SUBJECT_PREFIX, parse_event
 
+        self.split = split_production()
+        self.say(f"production distribution: {len(self.split.traffic)} problems for traffic, "
+                 f"{len(self.split.heldout)} held out for measuring "
+                 f"({len(self.split.dropped_near_duplicates)} held-out candidates dropped as near-duplicates)")
         settings = settings.model_copy(update={"nats_url": url})
         nc = await connect(settings, name="lorafleet-demo")
         js = nc.jetstream()
-        stop_traffic = asyncio.Event()
-        traffic: asyncio.Task | None = None
+        self.traffic = Traffic(self)
         supervise = asyncio.create_task(self._supervise(sup, url))
         try:
             request = make_request(cfg, reason="demo")
@@ -173,10 +193,11 @@ class Demo:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.say(f"[red]timed out after {self.timeout_s:.0f}s[/red]")
+                    self.failure = f"timed out after {self.timeout_s:.0f}s"
+                    self.say(f"[red]{self.failure}[/red]")
                     break
                 try:
-                    msg = await sub.next_msg(timeout=min(remaining, 2.0))
+                    msg = await sub.next_msg(timeout=min(remaining, 1.0))
                 except Exception:
                     msg = None
                 if msg is not None:
@@ -185,33 +206,47 @@ class Demo:
                     except ValueError:
                         event = None
                     if event is not None and (getattr(event, "adapter_name", None) or cfg.adapter_name) == cfg.adapter_name:
-                        traffic = self.on_event(event, request.request_id, nc, js, settings, stop_traffic, traffic)
+                        self.on_event(event, cfg)
+                if (down := self.backend_down(server)) is not None:
+                    self.failure = down
+                    self.say(f"[red]{down}: stopping[/red]")
+                    break
                 reason = self.finished(request.request_id)
                 if reason:
                     self.say(reason)
                     break
             await sub.unsubscribe()
+            await self.traffic.stop()
+            if self.failure is None:
+                await self.measure(js, settings, model_dir)
         finally:
-            stop_traffic.set()
-            if traffic is not None:
-                await asyncio.gather(traffic, return_exceptions=True)
+            await self.traffic.stop()
             supervise.cancel()
             await asyncio.gather(supervise, return_exceptions=True)
-            summary_ok = await self.summary(js, settings, cfg)
+            ok = await print_summary(self, js, settings, cfg)
             await nc.close()
-        return 0 if summary_ok else 1
+        return 0 if ok else 1
 
     async def _supervise(self, sup: Any, url: str) -> None:
         while True:  # restart crashed services, like `lorafleet up`
             sup.check(url)
             await asyncio.sleep(0.5)
 
+    def backend_down(self, server: ModelServer) -> str | None:
+        """The gateway's backend died (its process exited, or the gateway kept failing)."""
+        code = server.exit_code()
+        if code is not None:
+            return f"the gateway's backend (the model server) exited with code {code} during the demo"
+        return self.traffic.failed()
+
+    # ---------------------------------------------------------------- following the events
+
     def _retrain_run(self) -> RunTrack | None:
         return next((self.runs[r] for r in self.order if self.runs[r].reason == "retrain"), None)
 
     def _decision(self, version: int) -> Any:
         return next((d for d in self.decisions
-                     if (getattr(d, "version", None) if d.event_type == "adapter.promoted" else d.from_version) == version), None)
+                     if (d.version if d.event_type == "adapter.promoted" else d.from_version) == version), None)
 
     def finished(self, first_request: str) -> str | None:
         """Why the demo can stop now, or None to keep following events."""
@@ -220,129 +255,160 @@ class Demo:
             return None
         if ended := first.ended_early("", "the first adapter was rejected by the gate: no A/B test, no traffic, "
                                             "no retrain"):
+            self.failure = "the first run did not register an adapter"
             return ended
-        reg = first.events.get("adapter.registered")
-        if reg is None:
+        if first.events.get("adapter.registered") is None:
             return None
         now = time.monotonic()
-        decided = self._decision(reg.version)
         retrain = self._retrain_run()
         if retrain is None:
-            if decided is None and now - self._registered_at.get(reg.version, now) > AB_PATIENCE_S:
-                return f"no A/B decision for v{reg.version} within {AB_PATIENCE_S:.0f}s of traffic: stopping"
-            if decided is not None and now - self._decided_at.get(reg.version, now) > RETRAIN_PATIENCE_S:
-                return f"the collector requested no retrain within {RETRAIN_PATIENCE_S:.0f}s: stopping"
+            if self._traffic_since is not None and now - self._traffic_since > RETRAIN_PATIENCE_S:
+                self.failure = f"the collector requested no retrain within {RETRAIN_PATIENCE_S:.0f}s of traffic"
+                return self.failure
             return None
         if ended := retrain.ended_early("retrain: ", "the retrained adapter was rejected by the gate; the active "
                                                       "version stays"):
-            return ended
+            return ended  # still measured: the summary says what v2 is worth
         reg2 = retrain.events.get("adapter.registered")
         if reg2 is None:
             return None
-        # More simulated traffic would only refill the pool and trigger retrain after retrain.
-        return (f"the retrained v{reg2.version} is registered and its A/B test against the active version "
-                "is left running for real traffic: the demo stops here")
+        if self._decision(reg2.version) is not None:
+            return f"the registry decided v{reg2.version}'s A/B test on live traffic"
+        started = self._registered_at.get(reg2.version, now)
+        if now - started > AB_PATIENCE_S:
+            return (f"no A/B decision for v{reg2.version} within {AB_PATIENCE_S:.0f}s of traffic: stopping (its A/B "
+                    "test stays open)")
+        return None
 
-    def on_event(self, event: Any, first_request: str, nc: Any, js: Any, settings: Any,
-                 stop_traffic: asyncio.Event, traffic: asyncio.Task | None) -> asyncio.Task | None:
+    def on_event(self, event: Any, cfg: Any) -> None:
         t = kind_of(event)
-        if t == "train.requested":
-            if event.request_id not in self.runs:
-                self.runs[event.request_id] = RunTrack(event.request_id, event.reason)
-                self.order.append(event.request_id)
-                if event.reason == "retrain":
-                    self.say(f"[bold magenta]train.requested (reason=retrain)[/bold magenta] by the collector "
-                             f"(extra sources: {', '.join(s.type for s in event.extra_sources) or 'none'})")
-                    stop_traffic.set()  # the A/B test is decided; let the retrain have the CPU
+        if t == "production.outcome":
+            self.outcomes.add(event)
+            return
+        if t == "train.requested" and event.request_id not in self.runs:
+            if event.reason == "retrain" and self._retrain_run() is not None:
+                # The pool refilled during v2's A/B test: the story follows the first retrain only;
+                # its A/B test keeps the traffic (and the CPU).
+                self.say(f"the collector requested another retrain ({event.request_id[:8]}); the demo follows only "
+                         "the first one")
+                return
+            self.runs[event.request_id] = RunTrack(event.request_id, event.reason)
+            self.order.append(event.request_id)
+            if event.reason == "retrain":
+                self.say(f"[bold magenta]train.requested (reason=retrain)[/bold magenta] by the collector after "
+                         f"{self.outcomes.judged} judged outcomes, {self.outcomes.successes} successes "
+                         f"(extra sources: {', '.join(s.type for s in event.extra_sources) or 'none'})")
+                self.traffic.pause("the retrain has the CPU")
         run = self.runs.get(event.request_id)
         if run is not None:
             run.add(event)
-            label = "retrain " if run.reason == "retrain" else ""
-            if t == "training.progress":
-                if event.step == event.total_steps or event.step % max(1, event.total_steps // 10) == 0:
-                    extra = f"  loss {event.loss:.3f}" if event.loss is not None else ""
-                    extra += f"  pass@1 {event.eval_pass_at_1:.2f}" if event.eval_pass_at_1 is not None else ""
-                    eta = f"  eta {event.eta_seconds:.0f}s" if event.eta_seconds else ""
-                    self.say(f"  {label}training step {event.step}/{event.total_steps}{extra}{eta}")
-            elif t in ("dataset.ready", "dataset.enriched"):
-                stats = {k: v for k, v in event.stats.items() if isinstance(v, (int, float))}
-                self.say(f"[bold]{label}{t}[/bold] {json.dumps(stats)[:160]}")
-            elif t == "adapter.trained":
-                self.say(f"[bold]{label}adapter.trained[/bold] v{event.version} r={event.rank}")
-            elif t == "adapter.evaluated":
-                r = pass_rates(event)
-                self.say(f"[bold]{label}adapter.evaluated[/bold] v{event.version}: base pass@1 {_f(r['base'])} → "
-                         f"adapter {_f(r['adapter'])} (Δ {_f(r['delta'])}, 95% CI [{_f(r['delta_low'])}, "
-                         f"{_f(r['delta_high'])}]); gate {'[green]passed[/green]' if event.gate_passed else '[yellow]failed[/yellow]'}")
-            elif t == "adapter.registered":
-                self._registered_at[event.version] = time.monotonic()
-                self.say(f"[bold green]{label}adapter.registered[/bold green] v{event.version} "
-                         f"(lora_int_id {event.lora_int_id}, {event.status})")
-            elif t == "adapter.rejected":
-                self.say(f"[bold yellow]{label}adapter.rejected[/bold yellow] v{event.version}: {'; '.join(event.reasons)}")
-            elif t.endswith(".failed"):
-                self.say(f"[red]{label}{t}[/red]: {event.error[:300]}" + (" (retrying)" if event.retriable else ""))
-            elif t == "train.requested":
-                pass
+            self._say_run_event(t, event, "retrain " if run.reason == "retrain" else "")
         if t == "adapter.ab_started":
             self.ab_started.append(event)
             self.say(f"[bold]A/B test[/bold] v{event.candidate_version} vs "
                      f"{'v' + str(event.active_version) if event.active_version else 'the base model'} "
                      f"({event.traffic:.0%} of traffic to the candidate)")
-            if self._retrain_run() is not None:
-                return traffic  # the story ends at the retrain's registration (see finished())
-            rates = self._measured_rates()
-            self.say(f"[bold cyan]{_sim_label()}[/bold cyan]: success drawn from each arm's measured pass@1 "
-                     f"({', '.join(f'v{v}={p:.2f}' for v, p in sorted(rates.items()))})")
-            stop_traffic.clear()
-            if traffic is None or traffic.done():
-                traffic = asyncio.create_task(self._traffic(nc, js, settings, event.adapter_name, rates, stop_traffic))
+            if self._traffic_since is None:
+                self._traffic_since = time.monotonic()
+            self.traffic.start(cfg.adapter_name, self.split.traffic, seed=len(self.ab_started))
         elif t in ("adapter.promoted", "adapter.rolled_back"):
             self.decisions.append(event)
-            self._decided_at[event.version if t == "adapter.promoted" else event.from_version] = time.monotonic()
-            stats = {k: v for k, v in event.statistics.items() if isinstance(v, (int, float))}
+            version = event.version if t == "adapter.promoted" else event.from_version
+            self._decided_at[version] = time.monotonic()
+            stats = {k: v for k, v in event.statistics.items() if isinstance(v, (int, float, list))}
             word = "promoted" if t == "adapter.promoted" else "rolled back"
-            version = getattr(event, "version", None) or getattr(event, "from_version", None)
-            self.say(f"[bold green]adapter.{word}[/bold green] v{version}: {event.reason} "
-                     f"{json.dumps(stats)[:200]}")
-        return traffic
+            self.say(f"[bold green]adapter.{word}[/bold green] v{version}: {event.reason} {json.dumps(stats)[:240]}")
 
-    def _measured_rates(self) -> dict[int, float]:
-        rates: dict[int, float] = {}
-        for run in self.runs.values():
-            ev = run.events.get("adapter.evaluated")
-            if ev is None:
-                continue
-            r = pass_rates(ev)
-            if r["base"] is not None:
-                rates.setdefault(0, r["base"])
-            if r["adapter"] is not None:
-                rates[ev.version] = r["adapter"]
-        return rates
+    def _say_run_event(self, t: str, event: Any, label: str) -> None:
+        if t == "training.progress":
+            if event.step == event.total_steps or event.step % max(1, event.total_steps // 10) == 0:
+                extra = f"  loss {event.loss:.3f}" if event.loss is not None else ""
+                extra += f"  pass@1 {event.eval_pass_at_1:.2f}" if event.eval_pass_at_1 is not None else ""
+                eta = f"  eta {event.eta_seconds:.0f}s" if event.eta_seconds else ""
+                self.say(f"  {label}training step {event.step}/{event.total_steps}{extra}{eta}")
+        elif t in ("dataset.ready", "dataset.enriched"):
+            stats = {k: v for k, v in event.stats.items() if isinstance(v, (int, float))}
+            self.say(f"[bold]{label}{t}[/bold] {json.dumps(stats)[:160]}")
+        elif t == "adapter.trained":
+            self.say(f"[bold]{label}adapter.trained[/bold] v{event.version} r={event.rank}")
+        elif t == "adapter.evaluated":
+            r = pass_rates(event)
+            self.say(f"[bold]{label}adapter.evaluated[/bold] v{event.version}: base pass@1 {_f(r['base'])} → "
+                     f"adapter {_f(r['adapter'])} (Δ {_f(r['delta'])}, 95% CI [{_f(r['delta_low'])}, "
+                     f"{_f(r['delta_high'])}]); gate {'[green]passed[/green]' if event.gate_passed else '[yellow]failed[/yellow]'}")
+        elif t == "adapter.registered":
+            self._registered_at[event.version] = time.monotonic()
+            self.say(f"[bold green]{label}adapter.registered[/bold green] v{event.version} "
+                     f"(lora_int_id {event.lora_int_id}, {event.status})")
+        elif t == "adapter.rejected":
+            self.say(f"[bold yellow]{label}adapter.rejected[/bold yellow] v{event.version}: {'; '.join(event.reasons)}")
+        elif t.endswith(".failed"):
+            self.say(f"[red]{label}{t}[/red]: {event.error[:300]}" + (" (retrying)" if event.retriable else ""))
 
-    async def _traffic(self, nc: Any, js: Any, settings: Any, adapter: str, rates: dict[int, float],
-                       stop: asyncio.Event) -> None:
-        from lorafleet.demo.traffic import TrafficSimulator
+    # ---------------------------------------------------------------- the held-out production slice
 
-        sim = TrafficSimulator(nc, js, adapter, rates, run_id=f"demo{len(self.ab_started)}", seed=len(self.ab_started),
-                               publish_timeout_s=settings.publish_timeout_s)
-        try:
-            await sim.run(stop, max_requests=5000)
-        finally:
-            self.sim_sent += sim.sent
-            for arm, (n, s) in sim.by_arm.items():
-                acc = self.sim_stats.setdefault(arm, [0, 0])
-                acc[0] += n
-                acc[1] += s
-            self.say(f"{_sim_label()} stopped after {sim.sent} requests")
+    async def measure(self, js: Any, settings: Any, model_dir: Path) -> None:
+        """pass@1 of base, v1 and v2 on the held-out slice (the trained adapters, fetched from the
+        artifact store); nothing is measured when either adapter is missing."""
+        from lorafleet.demo.measure import measure_slice, slice_report
+        from lorafleet.shared.artifacts import open_store
 
-    # ---------------------------------------------------------------- summary
+        trained = [self.runs[r].events.get("adapter.trained") for r in self.order]
+        if len(trained) < 2 or not all(trained[:2]):
+            self.say("[yellow]no v1 and v2 adapters to measure on the held-out production slice[/yellow]")
+            return
+        t = time.monotonic()
+        store = open_store(settings, js=js)
+        adapters = {}
+        for name, ev in zip(("v1", "v2"), trained[:2]):
+            dest = self.data_dir / "measure" / name
+            await store.get_dir(ev.adapter, dest)
+            adapters[name] = dest
+        self.say(f"measuring base, v1 and v2 on the {len(self.split.heldout)} held-out production problems ...")
+        scores = await measure_slice(model_dir, adapters, self.split.heldout)
+        self.production_eval = slice_report(scores)
+        self.timings["production eval"] = time.monotonic() - t
 
-    async def summary(self, js: Any, settings: Any, cfg: Any) -> bool:
-        return await print_summary(self, js, settings, cfg)
+
+class Traffic:
+    """The load generator's task: started on an A/B test, paused while the retrain trains."""
+
+    def __init__(self, demo: Demo) -> None:
+        self.demo = demo
+        self.task: asyncio.Task | None = None
+        self.stop_event = asyncio.Event()
+        self.error: BaseException | None = None
+
+    def start(self, adapter_name: str, problems: list, seed: int) -> None:
+        from lorafleet.demo.load import LoadGenerator
+
+        if self.task is not None and not self.task.done():
+            return
+        self.stop_event = asyncio.Event()
+        gen = LoadGenerator(self.demo.gateway, adapter_name, problems, seed=seed)
+        self.demo.load_stats.append(gen.stats)
+        self.demo.say(f"[bold cyan]traffic[/bold cyan] through the gateway ({self.demo.gateway}): "
+                      f"{gen.users} users, {gen.concurrency} in flight, every request with its tests")
+        self.task = asyncio.create_task(gen.run(self.stop_event))
+
+    def pause(self, why: str) -> None:
+        if self.task is not None and not self.task.done():
+            self.stop_event.set()
+            self.demo.say(f"traffic paused: {why}")
+
+    def failed(self) -> str | None:
+        if self.task is not None and self.task.done() and not self.task.cancelled() and self.task.exception():
+            return str(self.task.exception())
+        return None
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
-def run_demo(config: Path, data_dir: Path, timeout_s: float, stay: bool = False) -> int:
+def run_demo(config: Path, data_dir: Path, timeout_s: float, summary_json: Path | None = None,
+             stay: bool = False) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -355,6 +421,6 @@ def run_demo(config: Path, data_dir: Path, timeout_s: float, stay: bool = False)
     started = datetime.now().strftime("%H:%M:%S")
     console.rule(f"[bold]lorafleet demo[/bold] ({started}, config {config}, data {data_dir})")
     try:
-        return Demo(config, data_dir, timeout_s, console, stay=stay).run()
+        return Demo(config, data_dir, timeout_s, console, summary_json, stay=stay).run()
     finally:
         signal.signal(signal.SIGTERM, previous)

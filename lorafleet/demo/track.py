@@ -89,3 +89,42 @@ def verdict(rates: dict[str, float | None]) -> str:
         return "the adapter beats the base on held-out problems (95% CI of the difference above 0)"
     return "the adapter did NOT measurably beat the base on held-out problems (95% CI of the difference includes 0)"
 
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no data."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    rank = max(1, min(len(s), -(-len(s) * q // 100)))  # ceil(q/100 * n), at least 1
+    return s[int(rank) - 1]
+
+
+@dataclass
+class OutcomeTally:
+    """The judged production outcomes of the demo's adapter, as the gateway published them."""
+
+    judged: int = 0
+    successes: int = 0
+    by_version: dict[int, list[int]] = field(default_factory=dict)  # version -> [judged, successes]
+    latency_ms: list[float] = field(default_factory=list)  # the gateway's serving time per request
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, outcome: Any) -> None:
+        if outcome.event_id in self.seen:  # a redelivered outcome counts once, as in the registry
+            return
+        self.seen.add(outcome.event_id)
+        self.judged += 1
+        self.successes += int(outcome.success)
+        row = self.by_version.setdefault(outcome.version, [0, 0])
+        row[0] += 1
+        row[1] += int(outcome.success)
+        self.latency_ms.append(outcome.latency_ms)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "judged": self.judged,
+            "successes": self.successes,
+            "by_version": {f"v{v}": {"judged": n, "successes": s} for v, (n, s) in sorted(self.by_version.items())},
+            "gateway_latency_ms": {"p50": percentile(self.latency_ms, 50), "p99": percentile(self.latency_ms, 99)},
+        }

@@ -14,6 +14,7 @@ from lorafleet.shared.errors import LorafleetError
 
 def register(groups: dict[str, typer.Typer]) -> None:
     groups["model"].command("make-tiny")(make_tiny_cmd)
+    groups["model"].command("build-tiny")(build_tiny_cmd)
     groups["adapter"].command("merge")(merge_cmd)
     groups["root"].command("train")(train_cmd)
 
@@ -28,6 +29,19 @@ def make_tiny_cmd(
 
     path = make_tiny(out, pretrain=pretrain, cache_dir=cache_dir)
     typer.echo(f"tiny model ({'pretrained' if pretrain else 'random init'}) written to {path}")
+
+
+def build_tiny_cmd(
+    out: Annotated[Optional[Path], typer.Option(help="where to write it (default: the copy shipped in the package)")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads: part of what makes the build reproducible")] = 1,
+) -> None:
+    """Rebuild the pretrained tiny base that ships with the package (~10 min of CPU), from its
+    recipe (services/trainer/tiny_model.py Recipe, seeded), with a sha256 manifest."""
+    from lorafleet.services.trainer.tiny_model import SHIPPED_DIR, build_shipped
+
+    manifest = build_shipped(out or SHIPPED_DIR, threads=threads)
+    typer.echo(f"tiny base ({manifest['parameters']:,} parameters, recipe {manifest['recipe_key']}) written to "
+               f"{out or SHIPPED_DIR} in {manifest['build_seconds']:.0f}s; train loss {manifest['train_loss']:.3f}")
 
 
 def merge_cmd(

@@ -2,7 +2,11 @@
 
 `make_tiny(out)` writes a random-initialised model (fast; for tests).
 `make_tiny(out, pretrain=True)` writes the CPU-pretrained demo base of
-TINY_MODEL_NOTES.md, cached under the cache dir keyed by a hash of the recipe.
+TINY_MODEL_NOTES.md. That base ships with the package (SHIPPED_DIR: safetensors,
+tokenizer, config and a sha256 manifest, rebuilt by `lorafleet model build-tiny`);
+it is used when its manifest names the current recipe and every file matches its
+sha256. Otherwise (the recipe changed, a file is missing) it is built once and
+cached under the cache dir keyed by a hash of the recipe.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Recipe:
     learning_rate: float = 3e-3
     max_length: int = 256
     seed: int = 0
-    version: int = 2  # bump when the corpus generators change
+    version: int = 3  # bump when the corpus generators change (3: constants up to 40 for production)
 
     def key(self) -> str:
         """Hash of the recipe *and* the corpus it generates, so editing a problem family or
@@ -220,12 +224,95 @@ def _copy_into(src: Path, out: Path) -> None:
 
 
 TINY_SCHEME = "tiny://"
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_base"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_base(recipe: Recipe | None = None, shipped_dir: Path = SHIPPED_DIR) -> Path | None:
+    """The pretrained base shipped with the package, when it was built from `recipe`;
+    None when none is shipped or it was built from another recipe (the caller builds).
+
+    Every file listed in the manifest is checked against its sha256 (a few MB: milliseconds);
+    a mismatch is an error, not a silent rebuild: the shipped files were damaged or edited."""
+    from lorafleet.shared.errors import ConfigError
+
+    recipe = recipe or Recipe()
+    manifest_path = shipped_dir / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("recipe_key") != recipe.key():
+        log.warning("the shipped tiny base (%s) was built from recipe %s, not the current %s: building it instead "
+                    "(rebuild the shipped one with `lorafleet model build-tiny`)",
+                    shipped_dir, manifest.get("recipe_key"), recipe.key())
+        return None
+    for name, want in manifest["files"].items():
+        path = shipped_dir / name
+        got = _sha256(path) if path.is_file() else "missing"
+        if got != want:
+            raise ConfigError(f"shipped tiny base {path}: sha256 {got[:16]}, manifest says {want[:16]}; restore it "
+                              "(git checkout) or rebuild it with `lorafleet model build-tiny`")
+    return shipped_dir
+
+
+def build_shipped(out_dir: Path = SHIPPED_DIR, recipe: Recipe | None = None, threads: int = 1) -> dict:
+    """Pretrain the tiny base from scratch and write it to `out_dir` with a sha256 manifest.
+
+    Seeded (recipe.seed: tokenizer corpus, init, data order) with deterministic torch
+    algorithms and a fixed thread count, so a rebuild on the same software gives the
+    same weights; the manifest records the versions and the time it took. One thread:
+    on a shared 2-core machine OpenMP's spinning threads made a step 9x slower with 2
+    (configure_cpu_threads)."""
+    import platform
+
+    import torch
+    import transformers
+
+    recipe = recipe or Recipe()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    torch.use_deterministic_algorithms(True)
+    os.environ["LORAFLEET_TORCH_THREADS"] = str(threads)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-build-") as tmp:
+        tokenizer = train_tokenizer(recipe)
+        model = build_model(recipe, tokenizer)
+        meta: dict = {"recipe": asdict(recipe), "pretrained": True}
+        meta.update(run_pretraining(model, tokenizer, recipe, Path(tmp) / "work"))
+        meta["pretrain_seconds"] = round(time.monotonic() - started, 1)
+        staged = Path(tmp) / "model"
+        _save(model, tokenizer, staged, meta)
+        files = {p.name: _sha256(p) for p in sorted(staged.iterdir()) if p.is_file()}
+        manifest = {
+            "recipe_key": recipe.key(), "recipe": asdict(recipe), "files": files,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.monotonic() - started, 1), "threads": threads,
+            "train_loss": meta.get("train_loss"), "steps": meta.get("steps"),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+        }
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        old = Path(tmp) / "old"
+        if out_dir.exists():
+            out_dir.rename(old)
+        staged.rename(out_dir)
+    return manifest
 
 
 def cached_tiny(pretrain: bool, recipe: Recipe | None = None, cache_dir: str | Path | None = None) -> Path:
     """The cache directory holding the tiny model of this recipe, built on first use
     (in a private temp dir, then renamed: a crash leaves nothing half-written)."""
     recipe = recipe or Recipe()
+    if pretrain and (shipped := shipped_base(recipe)) is not None:
+        return shipped
     kind = "base" if pretrain else "random"
     cached = Path(cache_dir or default_cache_dir()) / f"tiny-{kind}-{recipe.key()}"
     if (cached / "lorafleet_tiny.json").is_file():

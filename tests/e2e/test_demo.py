@@ -1,4 +1,5 @@
-"""`lorafleet demo` leaves no process behind when it is interrupted mid-run (Ctrl-C)."""
+"""`lorafleet demo` leaves no process behind when it is interrupted mid-run (Ctrl-C), and a
+backend that dies stops it cleanly with a non-zero exit and no improvement claimed."""
 
 from __future__ import annotations
 
@@ -24,15 +25,20 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
+def _start_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "demo.out"
     env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
     env.pop("LORAFLEET_NATS_URL", None)
     with open(out, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from lorafleet.cli import main; main()", "demo", "--config", str(CONFIG),
-             "--data-dir", str(tmp_path / "demo")],
+             "--data-dir", str(tmp_path / "demo"), *extra],
             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, out
+
+
+def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
+    proc, out = _start_demo(tmp_path)
     children: dict[int, psutil.Process] = {}
     try:
         deadline = time.monotonic() + 180
@@ -45,9 +51,9 @@ def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
         for child in _tree(proc.pid):
             children.setdefault(child.pid, child)
         names = " ".join(" ".join(c.cmdline()) for c in children.values() if c.is_running())
-        # NATS, the five services and the model server were all running.
+        # NATS, the five services, the gateway and the model server were all running.
         assert "nats-server" in names and "model serve" in names
-        for service in ("ingest", "enrich", "trainer", "evaluator", "registry"):
+        for service in ("ingest", "enrich", "trainer", "evaluator", "registry", "gateway"):
             assert f"serve {service}" in names, names
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
         proc.wait(timeout=60)
@@ -59,4 +65,37 @@ def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
     left = [c for c in children.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert left == [], [" ".join(c.cmdline()) for c in left]
     text = out.read_text()
-    assert "stopped the services, the model server and NATS" in text, text
+    assert "stopped the services, the gateway, the model server and NATS" in text, text
+
+
+def test_a_dead_backend_stops_the_demo_non_zero_and_claims_nothing(tmp_path):
+    proc, out = _start_demo(tmp_path, "--summary-json", str(tmp_path / "summary.json"))
+    children: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while "dataset.ready" not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            for child in _tree(proc.pid):
+                children.setdefault(child.pid, child)
+            time.sleep(0.2)
+        server = [c for c in _tree(proc.pid) if "model serve" in " ".join(c.cmdline())]
+        assert len(server) == 1, out.read_text()
+        for child in _tree(proc.pid):
+            children.setdefault(child.pid, child)
+        server[0].kill()  # the gateway's only backend dies
+        assert proc.wait(timeout=120) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(0.5)
+    left = [c for c in children.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [" ".join(c.cmdline()) for c in left]
+    text = out.read_text()
+    assert "the gateway's backend (the model server) exited" in text, text
+    assert "no improvement is claimed" in text, text
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["improved"] is False and summary["production_eval"] is None
+    assert "model server" in summary["failure"]

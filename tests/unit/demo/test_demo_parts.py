@@ -1,8 +1,7 @@
-"""The demo's pure parts: stage times from event timestamps, pass rates, the verdict, simulated outcomes."""
+"""The demo's pure parts: stage times from event timestamps, pass rates, the verdict, when it stops."""
 
 from __future__ import annotations
 
-import random
 from datetime import datetime, timedelta, timezone
 
 from lorafleet.demo.track import RunTrack, pass_rates, stage_times, verdict
@@ -13,8 +12,6 @@ from lorafleet.shared.events import (
     StageFailed,
     TrainRequested,
 )
-from lorafleet.shared.synthetic import is_held_out
-from lorafleet.demo.traffic import simulated_outcome
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 REF = ArtifactRef(uri="local://x", sha256="0" * 64)
@@ -61,39 +58,6 @@ def test_pass_rates_and_verdict_follow_the_confidence_interval():
     assert "no base-vs-adapter" in verdict(pass_rates(_evaluated({})))
 
 
-def test_simulated_outcomes_follow_the_rate_and_never_use_held_out_pairs():
-    rng = random.Random(0)
-    outcomes = [simulated_outcome(rng, adapter_name="a", version=1, rate=0.3, request_key=f"k{i}", run_id="t")
-                for i in range(2000)]
-    share = sum(o.success for o in outcomes) / len(outcomes)
-    assert 0.26 < share < 0.34
-    for o in outcomes:
-        assert o.request_key.startswith("k") and o.version == 1
-        if o.success:
-            assert o.confidence > 0.9 and o.solution and o.tests
-        else:
-            assert o.confidence < 0.9 and o.solution is None
-    never = [simulated_outcome(rng, adapter_name="a", version=0, rate=0.0, request_key="k", run_id="t") for _ in range(50)]
-    assert not any(o.success for o in never)
-
-
-def test_simulated_problems_are_training_pairs_only(monkeypatch):
-    import lorafleet.demo.traffic as traffic
-
-    seen = []
-    real = traffic.make_problem
-
-    def spy(family, k, c=0, n_tests=4):
-        seen.append((family, k))
-        return real(family, k, c, n_tests)
-
-    monkeypatch.setattr(traffic, "make_problem", spy)
-    rng = random.Random(1)
-    for i in range(300):
-        simulated_outcome(rng, adapter_name="a", version=1, rate=1.0, request_key=str(i), run_id="t")
-    assert seen and not any(is_held_out(f, k) for f, k in seen)
-
-
 def _demo():
     from pathlib import Path
 
@@ -103,14 +67,34 @@ def _demo():
         def print(self, *a, **k) -> None:
             pass
 
-    return Demo(Path("c.yaml"), Path("/tmp/x"), 60, Quiet())
+    demo = Demo(Path("c.yaml"), Path("/tmp/x"), 60, Quiet())
+    demo.traffic = FakeTraffic()
+    from types import SimpleNamespace
+
+    demo.split = SimpleNamespace(traffic=[], heldout=[])
+    return demo
+
+
+class FakeTraffic:
+    """Stands in for the load generator's task (no gateway in a unit test): records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self, *a, **k) -> None:
+        self.calls.append("start")
+
+    def pause(self, why: str) -> None:
+        self.calls.append("pause")
+
+
+class Cfg:
+    adapter_name = "a"
 
 
 def _feed(demo, *events):
-    import asyncio
-
     for e in events:
-        demo.on_event(e, "r", None, None, None, asyncio.Event(), "no-traffic-task")
+        demo.on_event(e, Cfg())
 
 
 def test_the_demo_stops_when_the_first_adapter_is_rejected():
@@ -133,6 +117,41 @@ def test_the_demo_waits_for_the_retrain_to_be_registered():
     retrain = TrainRequested(request_id="r2", adapter_name="a", config={}, config_sha256="x", reason="retrain")
     _feed(demo, retrain)
     assert demo.finished("r") is None  # the retrain is running
+    assert demo.traffic.calls == ["pause"]  # the retrain gets the CPU
     _feed(demo, AdapterRegistered(request_id="r2", adapter_name="a", version=2, lora_int_id=2, status="candidate"))
-    assert "v2 is registered" in demo.finished("r")
+    assert demo.finished("r") is None  # v2's A/B test on live traffic is not decided yet
+    again = TrainRequested(request_id="r3", adapter_name="a", config={}, config_sha256="x", reason="retrain")
+    _feed(demo, again)  # the pool refilled during v2's A/B test: not followed, traffic not paused
+    assert demo.traffic.calls == ["pause"] and "r3" not in demo.runs
+    _feed(demo, AdapterPromoted(request_id="r2", adapter_name="a", version=2, previous_version=1, reason="significant"))
+    assert "decided v2" in demo.finished("r")
     assert [demo.runs[r].reason for r in demo.order] == ["manual", "retrain"]
+    assert demo.failure is None
+
+
+def test_an_ab_start_starts_the_traffic_and_outcomes_are_tallied_once():
+    from lorafleet.shared.events import AdapterAbStarted, ProductionOutcome
+
+    demo = _demo()
+    _feed(demo, AdapterAbStarted(request_id="r", adapter_name="a", candidate_version=1, active_version=None, traffic=0.5))
+    assert demo.traffic.calls == ["start"]
+    o = ProductionOutcome(request_id="q1", adapter_name="a", version=1, request_key="user-1", success=True,
+                          confidence=0.9375, latency_ms=40.0)
+    _feed(demo, o, o, ProductionOutcome(request_id="q2", adapter_name="a", version=0, request_key="user-2",
+                                        success=False, confidence=1.0, latency_ms=80.0))
+    fig = demo.outcomes.figures()
+    assert fig["judged"] == 2 and fig["successes"] == 1
+    assert fig["by_version"] == {"v0": {"judged": 1, "successes": 0}, "v1": {"judged": 1, "successes": 1}}
+    assert fig["gateway_latency_ms"] == {"p50": 40.0, "p99": 80.0}
+
+
+def test_the_collector_not_retraining_in_time_fails_the_demo(monkeypatch):
+    import lorafleet.demo.run as run
+    from lorafleet.shared.events import AdapterAbStarted, AdapterRegistered
+
+    demo = _demo()
+    _feed(demo, _request(), AdapterRegistered(request_id="r", adapter_name="a", version=1, lora_int_id=1, status="candidate"),
+          AdapterAbStarted(request_id="r", adapter_name="a", candidate_version=1, active_version=None, traffic=0.5))
+    assert demo.finished("r") is None
+    monkeypatch.setattr(run, "RETRAIN_PATIENCE_S", -1.0)
+    assert "no retrain" in demo.finished("r") and demo.failure
