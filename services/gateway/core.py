@@ -217,13 +217,17 @@ def unknown_model(model: str, adapters: Iterable[str], bases: Iterable[str]) -> 
                          f"{', '.join(bases) or 'none (no backend up)'}", param="model", code="model_not_found")
 
 
+NOLORA = "@nolora"  # `lorafleet model serve --engine vllm`: the raw base's name suffix (shared/vllm_server.py)
+
+
 def base_model_of(models: dict[str, Any]) -> list[str]:
-    """Base model ids from a backend's GET /v1/models answer (entries without a parent)."""
-    out = []
-    for entry in models.get("data") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), str) and not entry.get("parent"):
-            out.append(entry["id"])
-    return out
+    """Base model ids from a backend's GET /v1/models answer: entries without a parent, and, first, a
+    base served through a zero adapter under its own name (`lorafleet model serve --engine vllm` lists
+    it as an adapter whose parent is `<name>@nolora`). Base traffic must go to that one: vLLM applies a
+    LoRA slot to raw-base requests batched with adapter requests."""
+    entries = [e for e in models.get("data") or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    through_zero = [e["id"] for e in entries if e.get("parent") == e["id"] + NOLORA]
+    return through_zero + [e["id"] for e in entries if not e.get("parent")]
 
 
 def base_for(preferred: Iterable[str | None], served: Sequence[str]) -> str | None:

@@ -103,6 +103,11 @@ def test_base_models_and_base_for():
     models = {"data": [{"id": "tiny", "parent": None}, {"id": "py:v1", "parent": "tiny"}, {"id": "other"}]}
     assert core.base_model_of(models) == ["tiny", "other"]
     assert core.base_for(["awq", "tiny"], ["other", "tiny"]) == "tiny"
+    # vLLM behind `model serve --engine vllm`: the base through its zero adapter comes first, the raw base stays
+    vllm = {"data": [{"id": "tiny@nolora", "parent": None}, {"id": "tiny", "parent": "tiny@nolora"},
+                     {"id": "py:v1", "parent": "tiny@nolora"}]}
+    assert core.base_model_of(vllm) == ["tiny", "tiny@nolora"]
+    assert core.base_for([None, "tiny"], core.base_model_of(vllm)) == "tiny"
     assert core.base_for([None, "hub/name"], ["served"]) == "served"
     assert core.base_for([], []) is None
     assert core.lora_name("python-lora", 3) == "python-lora:v3"
