@@ -64,8 +64,9 @@ def consumer_span(name: str, headers: Mapping[str, str] | None, attributes: dict
 
 
 def inject_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Add `traceparent` (and `tracestate`) of the current span; nothing when no span records."""
-    if tracing_on():
+    """Add `traceparent` (and `tracestate`) of the current span; nothing outside a (valid) span. Checked on
+    the span, not on the global provider: a caller may trace with a provider of its own (a test, a client)."""
+    if trace.get_current_span().get_span_context().is_valid:
         propagate.inject(headers)
     return headers
 
