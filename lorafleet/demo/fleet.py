@@ -39,17 +39,10 @@ class ModelServer:
         with open(self.log_path, "ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LorafleetError(f"the model server exited with code {self.proc.returncode}: see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise LorafleetError(f"the model server did not answer on port {self.port} within {timeout:.0f}s: see {self.log_path}")
+        try:
+            wait_healthy(self.url, "model server", timeout, alive=lambda: self.proc.poll() is None)
+        except LorafleetError as exc:
+            raise LorafleetError(f"{exc}: see {self.log_path}") from None
 
     def stop(self) -> None:
         stop_groups([self.proc])
