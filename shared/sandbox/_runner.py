@@ -192,17 +192,18 @@ def _run_calls(spec: dict, g: dict) -> None:
             return
 
 
-def run_delay_s() -> float:
-    """Seconds this process's threads spent runnable but waiting for a CPU (the most of any thread):
-    time the machine's load took, not the program. 0 where /proc has no schedstat."""
+def run_delay_s(pid: int | str = "self") -> float:
+    """Seconds a process's threads spent runnable but waiting for a CPU (the most of any thread): time the
+    machine's load took, not the program. 0 where /proc has no schedstat. The Python engine's server asks
+    it of a run's pid; zygote.c's run_delay_s is the same in C."""
     most = 0
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0.0
     for tid in tasks:
         try:
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
                 most = max(most, int(f.read().split()[1]))
         except (OSError, IndexError, ValueError):
             continue

@@ -259,7 +259,7 @@ class Server:
             if exited is None and killed_for is None and now >= deadline:
                 # Idle time is the wall time less the time the run waited for a CPU: a sleeper stops at
                 # idle_s, a program slowed by the machine's load gets its CPU time (its own limit).
-                idle = now - t0 - _run_delay_s(pid) if idle_s and now < ceiling else None
+                idle = now - t0 - _runner.run_delay_s(pid) if idle_s and now < ceiling else None
                 if idle is not None and idle < idle_s:
                     deadline = end = min(ceiling, now + idle_s - idle)
                 else:
@@ -407,24 +407,6 @@ def _discard(child: tuple[int, ...]) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-
-
-def _run_delay_s(pid: int) -> float:
-    """Seconds the run's main process's threads spent runnable but waiting for a CPU (the most of any
-    thread), from /proc/PID/task/*/schedstat; 0 where it can't be read. _runner.run_delay_s and
-    zygote.c's run_delay_s are the same."""
-    most = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                most = max(most, int(f.read().split()[1]))
-        except (OSError, IndexError, ValueError):
-            continue
-    return most / 1e9
 
 
 def _descendants(root: int) -> list[int]:
