@@ -37,19 +37,33 @@ def _start_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     return proc, out
 
 
+def _until_dataset_ready(proc: subprocess.Popen, out: Path, children: dict[int, psutil.Process]) -> None:
+    """Wait for the first stage's end, remembering every process the demo starts meanwhile."""
+    deadline = time.monotonic() + 180
+    while "dataset.ready" not in out.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, out.read_text()
+        for child in _tree(proc.pid):
+            children.setdefault(child.pid, child)
+        time.sleep(0.2)
+    assert "dataset.ready" in out.read_text(), out.read_text()
+    for child in _tree(proc.pid):
+        children.setdefault(child.pid, child)
+
+
+def _left_behind(proc: subprocess.Popen, children: dict[int, psutil.Process]) -> list[str]:
+    """Kill the demo's group if it is still up, then the command lines of its processes still alive."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.5)
+    return [" ".join(c.cmdline()) for c in children.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
     proc, out = _start_demo(tmp_path)
     children: dict[int, psutil.Process] = {}
     try:
-        deadline = time.monotonic() + 180
-        while "dataset.ready" not in out.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, out.read_text()
-            for child in _tree(proc.pid):
-                children.setdefault(child.pid, child)
-            time.sleep(0.2)
-        assert "dataset.ready" in out.read_text(), out.read_text()
-        for child in _tree(proc.pid):
-            children.setdefault(child.pid, child)
+        _until_dataset_ready(proc, out, children)
         names = " ".join(" ".join(c.cmdline()) for c in children.values() if c.is_running())
         # NATS, the five services, the gateway and the model server were all running.
         assert "nats-server" in names and "model serve" in names
@@ -58,12 +72,8 @@ def test_ctrl_c_mid_run_stops_every_process_it_started(tmp_path):
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    time.sleep(0.5)
-    left = [c for c in children.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert left == [], [" ".join(c.cmdline()) for c in left]
+        left = _left_behind(proc, children)
+    assert left == []
     text = out.read_text()
     assert "stopped the services, the gateway, the model server and NATS" in text, text
 
@@ -72,25 +82,14 @@ def test_a_dead_backend_stops_the_demo_non_zero_and_claims_nothing(tmp_path):
     proc, out = _start_demo(tmp_path, "--summary-json", str(tmp_path / "summary.json"))
     children: dict[int, psutil.Process] = {}
     try:
-        deadline = time.monotonic() + 180
-        while "dataset.ready" not in out.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, out.read_text()
-            for child in _tree(proc.pid):
-                children.setdefault(child.pid, child)
-            time.sleep(0.2)
+        _until_dataset_ready(proc, out, children)
         server = [c for c in _tree(proc.pid) if "model serve" in " ".join(c.cmdline())]
         assert len(server) == 1, out.read_text()
-        for child in _tree(proc.pid):
-            children.setdefault(child.pid, child)
         server[0].kill()  # the gateway's only backend dies
         assert proc.wait(timeout=120) == 1
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    time.sleep(0.5)
-    left = [c for c in children.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert left == [], [" ".join(c.cmdline()) for c in left]
+        left = _left_behind(proc, children)
+    assert left == []
     text = out.read_text()
     assert "the gateway's backend (the model server) exited" in text, text
     assert "no improvement is claimed" in text, text
