@@ -54,20 +54,10 @@ class ModelServer:
 
 
 # ---------------------------------------------------------------- the gateway (issue 17)
-# Integration points with the gateway service, kept here and small: the demo runs it as
-# one more `lorafleet serve gateway` child of the supervisor, points it at the model
-# server through its documented settings (docs/gateway.md) and sends traffic to its
-# OpenAI-compatible URL.
+# The demo runs the gateway as one more `lorafleet serve gateway` child of the supervisor,
+# points it at the model server through its documented settings (docs/gateway.md) and
+# sends traffic to its OpenAI-compatible URL.
 GATEWAY = "gateway"
-
-
-def require_gateway() -> None:
-    """The demo's production traffic goes through the gateway; without it there is no demo."""
-    import importlib.util
-
-    if importlib.util.find_spec(f"lorafleet.services.{GATEWAY}.app") is None:
-        raise LorafleetError("this build has no gateway service (services/gateway/app.py, issue 17): the demo's "
-                             "production traffic goes through it; install a lorafleet that includes it")
 
 
 def gateway_env(backend_url: str, port: int) -> dict[str, str]:

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lorafleet.demo.fleet import (ModelServer, _free_port, _supervisor, gateway_env, gateway_url, require_gateway,
+from lorafleet.demo.fleet import (ModelServer, _free_port, _supervisor, gateway_env, gateway_url,
                                   wait_healthy)
 from lorafleet.demo.summary import _f, print_summary
 from lorafleet.demo.track import OutcomeTally, RunTrack, kind_of, pass_rates
@@ -88,7 +88,6 @@ class Demo:
         from lorafleet.shared.config import load_config
         from lorafleet.shared.settings import get_settings
 
-        require_gateway()
         cfg = load_config(self.config_path)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.fresh_start()
