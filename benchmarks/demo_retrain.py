@@ -27,10 +27,11 @@ def main() -> None:
                     help="datasets, adapters, the pool and result.json (trained adapters are reused)")
     ap.add_argument("--config", type=Path, default=Path("configs/demo_python_lora.yaml"))
     ap.add_argument("--requests", type=int, default=300, help="production requests v1 answers")
-    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of production requests")
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of the production requests and of the slice's measurement")
     ap.add_argument("--seed", type=int, default=0, help="which traffic v1 sees (the requests and their sampling)")
     ap.add_argument("--pool-limit", type=int, default=40,
                     help="the collector's retrain threshold: v2 trains on the first this many pool entries")
+    ap.add_argument("--samples", type=int, default=5, help="samples per held-out problem when measuring the slice")
     args = ap.parse_args()
     asyncio.run(run(args))
 
@@ -134,7 +135,8 @@ async def run(args) -> None:
     v2 = train_version("v2", [SourceSection(type="production", path=str(pool_path))], reuse=False)
 
     t = time.monotonic()
-    scores = await measure_slice(base, {"v1": v1, "v2": v2}, split.heldout)
+    scores = await measure_slice(base, {"v1": v1, "v2": v2}, split.heldout, n=args.samples,
+                                temperature=args.temperature)
     times["measure slice"] = time.monotonic() - t
     report = slice_report(scores)
     result = {"slice": report, "improved": improved(report), "times_s": {k: round(v, 1) for k, v in times.items()},

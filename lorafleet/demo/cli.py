@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lorafleet.demo.run import AB_PATIENCE_S, RETRAIN_PATIENCE_S
 from lorafleet.shared.errors import LorafleetError
 
 
@@ -27,6 +28,10 @@ def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds (from the first train.requested)")] = 2400.0,
     summary_json: Annotated[Path, typer.Option(help="also write the summary as JSON to this file")] = None,  # type: ignore[assignment]
     stay: Annotated[bool, typer.Option("--stay", help="after the summary keep the fleet and the dashboard running until Ctrl-C")] = False,
+    ab_patience: Annotated[float, typer.Option(help="seconds of traffic v2's A/B test gets before the demo stops waiting "
+                                                    "for its decision (then still measures)")] = AB_PATIENCE_S,
+    retrain_patience: Annotated[float, typer.Option(help="seconds of traffic the collector gets to request the retrain "
+                                                         "before the demo fails")] = RETRAIN_PATIENCE_S,
 ) -> None:
     """The whole fleet on this machine: shipped tiny base → train → evaluate → register → real
     traffic through the gateway (answers judged in the sandbox) → A/B decision → retrain
@@ -38,4 +43,8 @@ def demo(
     config = config or _default_config()
     if not config.is_file():
         raise LorafleetError(f"demo config {config} not found: pass --config configs/demo_python_lora.yaml")
-    raise typer.Exit(run_demo(config, data_dir, timeout, summary_json, stay=stay))
+    for name, value in (("--ab-patience", ab_patience), ("--retrain-patience", retrain_patience)):
+        if value <= 0:
+            raise LorafleetError(f"{name} {value:g}: must be a positive number of seconds")
+    raise typer.Exit(run_demo(config, data_dir, timeout, summary_json, stay=stay, ab_patience_s=ab_patience,
+                              retrain_patience_s=retrain_patience))

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lorafleet.demo.production import MAX_TOKENS, SLICE_SAMPLES, TEMPERATURE
 from lorafleet.services.evaluator.compare import paired_bootstrap
 from lorafleet.shared.problems import Problem
 
@@ -46,7 +47,7 @@ def improved(report: Mapping[str, Any]) -> bool:
 
 
 async def measure_slice(base_dir: str | Path, adapters: Mapping[str, str | Path], problems: Sequence[Problem], *,
-                        n: int = 5, temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0,
+                        n: int = SLICE_SAMPLES, temperature: float = TEMPERATURE, max_new_tokens: int = MAX_TOKENS, seed: int = 0,
                         batch_size: int = 16, judge: Any = None) -> dict[str, dict[str, float]]:
     """Per-problem sampled pass@1 of the base and of each adapter (name -> adapter dir).
     The base runs once, beside the first adapter; every model draws the same seeds."""

@@ -62,9 +62,11 @@ DEMO_ENV = {
 
 class Demo:
     def __init__(self, config_path: Path, data_dir: Path, timeout_s: float, console: Any,
-                 summary_json: Path | None = None, stay: bool = False) -> None:
+                 summary_json: Path | None = None, stay: bool = False, ab_patience_s: float = AB_PATIENCE_S,
+                 retrain_patience_s: float = RETRAIN_PATIENCE_S) -> None:
         self.config_path, self.data_dir, self.timeout_s, self.console = config_path, data_dir, timeout_s, console
         self.summary_json, self.stay = summary_json, stay
+        self.ab_patience_s, self.retrain_patience_s = ab_patience_s, retrain_patience_s
         self.t0 = time.monotonic()
         self.timings: dict[str, float] = {}
         self.runs: dict[str, RunTrack] = {}
@@ -261,8 +263,8 @@ class Demo:
         now = time.monotonic()
         retrain = self._retrain_run()
         if retrain is None:
-            if self._traffic_since is not None and now - self._traffic_since > RETRAIN_PATIENCE_S:
-                self.failure = f"the collector requested no retrain within {RETRAIN_PATIENCE_S:.0f}s of traffic"
+            if self._traffic_since is not None and now - self._traffic_since > self.retrain_patience_s:
+                self.failure = f"the collector requested no retrain within {self.retrain_patience_s:.0f}s of traffic"
                 return self.failure
             return None
         if ended := retrain.ended_early("retrain: ", "the retrained adapter was rejected by the gate; the active "
@@ -274,8 +276,8 @@ class Demo:
         if self._decision(reg2.version) is not None:
             return f"the registry decided v{reg2.version}'s A/B test on live traffic"
         started = self._registered_at.get(reg2.version, now)
-        if now - started > AB_PATIENCE_S:
-            return (f"no A/B decision for v{reg2.version} within {AB_PATIENCE_S:.0f}s of traffic: stopping (its A/B "
+        if now - started > self.ab_patience_s:
+            return (f"no A/B decision for v{reg2.version} within {self.ab_patience_s:.0f}s of traffic: stopping (its A/B "
                     "test stays open)")
         return None
 
@@ -350,6 +352,7 @@ class Demo:
         """pass@1 of base, v1 and v2 on the held-out slice (the trained adapters, fetched from the
         artifact store); nothing is measured when either adapter is missing."""
         from lorafleet.demo.measure import measure_slice, slice_report
+        from lorafleet.demo.production import MAX_TOKENS, SLICE_SAMPLES, TEMPERATURE
         from lorafleet.shared.artifacts import open_store
 
         trained = [self.runs[r].events.get("adapter.trained") for r in self.order]
@@ -365,7 +368,8 @@ class Demo:
             adapters[name] = dest
         self.say(f"measuring base, v1 and v2 on the {len(self.split.heldout)} held-out production problems ...")
         scores = await measure_slice(model_dir, adapters, self.split.heldout)
-        self.production_eval = slice_report(scores)
+        self.production_eval = {**slice_report(scores),
+                                "sampling": {"temperature": TEMPERATURE, "n": SLICE_SAMPLES, "max_tokens": MAX_TOKENS}}
         self.timings["production eval"] = time.monotonic() - t
 
 
@@ -384,7 +388,10 @@ class Traffic:
         if self.task is not None and not self.task.done():
             return
         self.stop_event = asyncio.Event()
-        gen = LoadGenerator(self.demo.gateway, adapter_name, problems, seed=seed)
+        from lorafleet.demo.production import MAX_TOKENS, TEMPERATURE
+
+        gen = LoadGenerator(self.demo.gateway, adapter_name, problems, seed=seed, temperature=TEMPERATURE,
+                            max_tokens=MAX_TOKENS)
         self.demo.load_stats.append(gen.stats)
         self.demo.say(f"[bold cyan]traffic[/bold cyan] through the gateway ({self.demo.gateway}): "
                       f"{gen.users} users, {gen.concurrency} in flight, every request with its tests")
@@ -407,7 +414,7 @@ class Traffic:
 
 
 def run_demo(config: Path, data_dir: Path, timeout_s: float, summary_json: Path | None = None,
-             stay: bool = False) -> int:
+             stay: bool = False, ab_patience_s: float = AB_PATIENCE_S, retrain_patience_s: float = RETRAIN_PATIENCE_S) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -420,6 +427,7 @@ def run_demo(config: Path, data_dir: Path, timeout_s: float, summary_json: Path 
     started = datetime.now().strftime("%H:%M:%S")
     console.rule(f"[bold]lorafleet demo[/bold] ({started}, config {config}, data {data_dir})")
     try:
-        return Demo(config, data_dir, timeout_s, console, summary_json, stay=stay).run()
+        return Demo(config, data_dir, timeout_s, console, summary_json, stay=stay, ab_patience_s=ab_patience_s,
+                    retrain_patience_s=retrain_patience_s).run()
     finally:
         signal.signal(signal.SIGTERM, previous)

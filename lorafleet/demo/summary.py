@@ -92,8 +92,10 @@ async def print_summary(self: Any, js: Any, settings: Any, cfg: Any) -> bool:
 
     pe = self.production_eval
     if pe:
+        sampling = pe.get("sampling") or {}
         table = Table("model", "pass@1", "95% CI", "problems",
-                      title="held-out production slice (never sent as traffic; sampled T=0.8, n=5)")
+                      title=f"held-out production slice (never sent as traffic; sampled T={sampling.get('temperature')}, "
+                            f"n={sampling.get('n')})")
         for name in ("base", "v1", "v2"):
             if name in pe:
                 table.add_row(name, _f(pe[name]["pass_at_1"]), _ci(pe[name]["ci95"]), str(pe[name]["n_problems"]))

@@ -106,6 +106,7 @@ class OutcomeTally:
 
     judged: int = 0
     successes: int = 0
+    serving_errors: int = 0  # outcomes with error=true: serving failed, nothing was judged
     by_version: dict[int, list[int]] = field(default_factory=dict)  # version -> [judged, successes]
     latency_ms: list[float] = field(default_factory=list)  # the gateway's serving time per request
     seen: set[str] = field(default_factory=set)
@@ -114,6 +115,9 @@ class OutcomeTally:
         if outcome.event_id in self.seen:  # a redelivered outcome counts once, as in the registry
             return
         self.seen.add(outcome.event_id)
+        if getattr(outcome, "error", False):
+            self.serving_errors += 1
+            return
         self.judged += 1
         self.successes += int(outcome.success)
         row = self.by_version.setdefault(outcome.version, [0, 0])
@@ -125,6 +129,7 @@ class OutcomeTally:
         return {
             "judged": self.judged,
             "successes": self.successes,
+            "serving_errors": self.serving_errors,
             "by_version": {f"v{v}": {"judged": n, "successes": s} for v, (n, s) in sorted(self.by_version.items())},
             "gateway_latency_ms": {"p50": percentile(self.latency_ms, 50), "p99": percentile(self.latency_ms, 99)},
         }

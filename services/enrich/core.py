@@ -33,7 +33,10 @@ FALLBACK_REASONING = "Let me think through the problem step by step, then write 
 SYSTEM_PROMPT = "You are an expert competitive programmer who explains solutions clearly and concisely."
 
 Outcome = Literal["generated", "cached", "passthrough", "rejected", "failed"]
-RejectReason = Literal["empty", "truncated", "contains_code", "code_fence"]
+RejectReason = Literal["empty", "too_short", "truncated", "contains_code", "code_fence"]
+# Fewer words than this is no reasoning (a model that stops after a token or two); the trainer
+# would learn to emit the fragment before the code.
+MIN_TRACE_WORDS = 3
 # The trainer renders reasoning right before the answer's ```python block: an unmatched fence in
 # the reasoning breaks that format (and taught the demo's adapter to emit stray fences).
 _FENCE_LINE = re.compile(r"^[ \t]*```", re.MULTILINE)
@@ -112,6 +115,8 @@ def check_trace(text: str, finish_reason: str | None, code: str) -> RejectReason
         return "empty"
     if finish_reason == "length":
         return "truncated"
+    if len(text.split()) < MIN_TRACE_WORDS:
+        return "too_short"
     if pastes_code(text, code):
         return "contains_code"
     if len(_FENCE_LINE.findall(text)) % 2:

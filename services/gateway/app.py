@@ -235,9 +235,17 @@ class Gateway:
             if parsed.model not in self.backends.bases():
                 raise core.unknown_model(parsed.model, self.router.tables, self.backends.bases())
         path = "/chat/completions" if kind == "chat" else "/completions"
-        answer = await self._forward(request, parsed, table, target, path, headers)
+        try:
+            answer = await self._forward(request, parsed, table, target, path, headers)
+        except core.ApiError as exc:
+            if target is not None and core.serving_failed(exc.status, None):
+                await self._serving_failed(request_id, parsed.model, target.version, key, started)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
-        count_request(parsed.model, target, request[RESPONSE].status, latency_ms, answer, parsed.stream)
+        status = request[RESPONSE].status
+        count_request(parsed.model, target, status, latency_ms, answer, parsed.stream)
+        if target is not None and core.serving_failed(status, answer):
+            await self._serving_failed(request_id, parsed.model, target.version, key, started)
         if answer is None or target is None:
             return request[RESPONSE]
         self._record(core.Pending(request_id=request_id, adapter=parsed.model, version=target.version, route_key=key,
@@ -343,6 +351,10 @@ class Gateway:
         return b"".join(kept)
 
     # ------------------------------------------------------------------ outcomes
+
+    async def _serving_failed(self, request_id: str, adapter: str, version: int, route_key: str, started: float) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        await self.publisher.publish(core.error_outcome(request_id, adapter, version, route_key, latency_ms))
 
     def _record(self, entry: core.Pending, limits: Limits | None) -> None:
         if not entry.tests:

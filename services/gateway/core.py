@@ -340,6 +340,21 @@ class Pending:
         )
 
 
+def error_outcome(request_id: str, adapter: str, version: int, route_key: str, latency_ms: float) -> ProductionOutcome:
+    """A routed request that serving failed (a backend's 5xx, a timeout, no backend up, a broken
+    stream): counted by the A/B test as a failure and by its error-rate guardrail. Confidence 0:
+    it says nothing about the adapter's answers, so the collector never pools it."""
+    return ProductionOutcome(event_id=request_id, request_id=request_id, adapter_name=adapter, version=version,
+                             request_key=route_key, success=False, confidence=0.0, latency_ms=round(latency_ms, 3),
+                             error=True)
+
+
+def serving_failed(status: int, answer: bytes | None) -> bool:
+    """Whether a routed request with this final status and relayed answer failed on the serving side:
+    5xx, or a 200 stream that broke (no answer); a 4xx is the client's request, not an error."""
+    return status >= 500 or (status == 200 and answer is None)
+
+
 class FeedbackError(ApiError):
     pass
 

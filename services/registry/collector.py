@@ -119,7 +119,13 @@ def next_scheduled(schedule: str, after: datetime) -> datetime:
     return croniter(schedule, after).get_next(datetime)
 
 
-def retrain_decision(state: RetrainState, current: datetime, new_entries: int, settings: RegistrySettings) -> RetrainDecision:
+def retrain_decision(state: RetrainState, current: datetime, new_entries: int, settings: RegistrySettings,
+                     ab_candidate: int | None = None) -> RetrainDecision:
+    """ab_candidate: the version under an open A/B test, if any. A retrain then waits (the schedule's
+    anchor stays, so a due tick fires after the decision): its adapter would replace the candidate's
+    test before the traffic decided it, and part of its pool is the candidate's own answers."""
+    if ab_candidate is not None and not settings.retrain_during_ab:
+        return RetrainDecision(period=None, reason=f"deferred: the A/B test of v{ab_candidate} is still open")
     if next_scheduled(settings.retrain_schedule, state.schedule_anchor) <= current:
         tick = croniter(settings.retrain_schedule, current).get_prev(datetime)  # missed ticks collapse into one
         if new_entries >= max(settings.retrain_min_new, 1):
@@ -237,6 +243,11 @@ class Collector:
             await watcher.stop()
         return PoolSnapshot(lines=lines, new=new, newest_seq=max(newest, after_seq))
 
+    async def _open_ab(self, adapter_name: str) -> int | None:
+        """The candidate version of the adapter's open A/B test, if one is open."""
+        adapter, _ = await self.registry.get(adapter_name)
+        return adapter.ab.candidate if adapter is not None and adapter.ab is not None else None
+
     async def _get_state(self, name: str) -> RetrainState:
         key = f"trigger.{name}"
         try:
@@ -273,8 +284,11 @@ class Collector:
         if state.outbox:
             return await self._flush(adapter_name)
         new = await self.pool_size(adapter_name, state.last_pool_seq)
-        decision = retrain_decision(state, current, new, self.settings)
+        ab_candidate = await self._open_ab(adapter_name)
+        decision = retrain_decision(state, current, new, self.settings, ab_candidate)
         if decision.period is None and decision.anchor is None:
+            if decision.reason and decision.reason != state.last_skip:
+                log.info("retrain check of %s: %s", adapter_name, decision.reason)
             return None
         event = None
         pool_seq = state.last_pool_seq
@@ -286,7 +300,7 @@ class Collector:
                 path = Path(tmp) / "pool.jsonl"
                 snap = await self.snapshot(adapter_name, path, state.last_pool_seq)
                 # Decide again on what the snapshot holds: the count above is only a cheap pre-check.
-                decision = retrain_decision(state, current, snap.new, self.settings)
+                decision = retrain_decision(state, current, snap.new, self.settings, ab_candidate)
                 if decision.period is None:
                     log.warning("retrain check of %s: the pool snapshot has %d new entries, %d counted before; "
                                 "looking again next round", adapter_name, snap.new, new)
@@ -372,6 +386,7 @@ class Collector:
             "last_trigger_kind": state.last_trigger_kind,
             "last_request_id": state.last_request_id,
             "last_skip": state.last_skip,
+            "deferred_by_ab": await self._open_ab(adapter_name) if not self.settings.retrain_during_ab else None,
             "triggers": state.triggers,
         }
 

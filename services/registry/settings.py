@@ -54,6 +54,8 @@ class RegistrySettings(BaseSettings):
     retrain_pool_threshold: int = Field(500, ge=1, description="new pool entries that trigger a retrain")
     retrain_min_new: int = Field(1, ge=0, description="a scheduled retrain needs at least this many new entries")
     retrain_check_interval_s: float = Field(10.0, gt=0.0)
+    retrain_during_ab: bool = Field(False, description="let a retrain start while a candidate's A/B test is open "
+                                                        "(its adapter would then replace the candidate's test)")
     retrain_configs: dict[str, Path] = Field(
         default_factory=dict,
         description='adapter name -> training config YAML for retrains, e.g. {"python-lora": "configs/python_lora.yaml"}; '

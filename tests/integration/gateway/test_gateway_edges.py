@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from test_gateway_flow import stream_outcomes
+from test_gateway_flow import stream_outcomes, wait_outcomes
 
 from lorafleet.services.gateway.app import start_gateway
 from lorafleet.services.gateway.settings import GatewaySettings
@@ -142,6 +142,11 @@ async def test_no_backend_is_503_with_retry_after_and_api_keys(settings, tmp_pat
         assert status == 401
         status, headers, body = await post(gw.url + "/chat/completions", msg, {"Authorization": "Bearer k2"})
         assert status == 503 and int(headers["Retry-After"]) >= 1 and dead in body["error"]["message"]
+        # A routed request that serving failed is an error outcome (the A/B test's error guardrail), never
+        # a pool candidate; the 401s before it were the client's and left no outcome.
+        [outcome] = await wait_outcomes(store.js, 1)
+        assert outcome["error"] is True and outcome["success"] is False and outcome["confidence"] == 0.0
+        assert outcome["adapter_name"] == NAME and outcome["version"] == 1 and outcome["solution"] is None
         async with aiohttp.ClientSession() as s:
             async with s.get(gw.url.removesuffix("/v1") + "/health") as r:  # probes need no key
                 assert r.status == 200 and (await r.json())["backends"][0]["up"] is False
@@ -151,7 +156,7 @@ async def test_no_backend_is_503_with_retry_after_and_api_keys(settings, tmp_pat
     try:
         status, headers, body = await post(gw.url + "/chat/completions", msg)
         assert status == 503 and "LORAFLEET_GATEWAY_BACKENDS" in body["error"]["message"] and headers["Retry-After"]
-        assert await stream_outcomes(store.js) == []
+        assert [o["error"] for o in await wait_outcomes(store.js, 2)] == [True, True]
     finally:
         await gw.stop()
         await store.nc.close()
@@ -277,4 +282,41 @@ async def test_least_in_flight_and_a_dead_backend_is_skipped_then_used_again(set
         await gw.stop()
         await one.runner.cleanup()
         await two.runner.cleanup()
+        await store.nc.close()
+
+
+class StatusBackend(EchoBackend):
+    """The echo model, answering chat requests with `status` (and an error body) when it is not 200."""
+
+    status = 200
+
+    async def chat(self, request):
+        if self.status == 200:
+            return await super().chat(request)
+        self.served += 1
+        return web.json_response({"error": {"message": f"backend says {self.status}"}}, status=self.status)
+
+
+async def test_a_backend_5xx_is_an_error_outcome_and_a_4xx_is_none(settings, tmp_path):
+    store = await registered(settings, tmp_path)
+    backend = await StatusBackend().start()
+    gw = await start_gateway(settings, GatewaySettings(port=0, backends=[backend.url]))
+    msg = {"model": NAME, "messages": [{"role": "user", "content": "print(1)"}], "user": "u1"}
+    try:
+        backend.status = 400  # the request's fault: passed through, no outcome
+        status, _, body = await post(gw.url + "/chat/completions", msg)
+        assert status == 400 and "400" in body["error"]["message"]
+        backend.status = 500
+        status, headers, _ = await post(gw.url + "/chat/completions", msg)
+        assert status == 500 and headers["x-lorafleet-version"] == "1"
+        [error] = await wait_outcomes(store.js, 1)
+        assert error["error"] is True and error["success"] is False and error["confidence"] == 0.0
+        assert error["request_key"] == "u1" and error["version"] == 1
+        backend.status = 200  # answered, no tests attached: it waits for feedback, no outcome yet
+        assert (await post(gw.url + "/chat/completions", msg))[0] == 200
+        await asyncio.sleep(1.0)
+        assert len(await stream_outcomes(store.js)) == 1  # the 400 and the answered request left none
+    finally:
+        await gw.stop()
+        await backend.runner.cleanup()
         await store.nc.close()

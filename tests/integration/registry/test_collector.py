@@ -56,6 +56,7 @@ async def test_no_training_config_is_a_clear_error(nc, tmp_path):
     settings = RegistrySettings(retrain_pool_threshold=1)
     store = await RegistryStore.open(js, settings)
     await store.apply("py", lambda s: core.register(s, evaluated(name="py"), INFO, 1, NOW, settings))
+    await store.apply("py", lambda s: core.promote(s, "py", 1, NOW))  # no A/B test open: the check would wait
     collector = await Collector.open(store, LocalArtifactStore(tmp_path), verify=None)
     await collector.on_outcome(ProductionOutcome(request_id="r", adapter_name="py", version=1, request_key="k",
                                                  success=True, confidence=0.99, latency_ms=1, problem="p",
@@ -160,3 +161,24 @@ async def test_concurrent_adds_and_checks_lose_and_repeat_nothing(nc, tmp_path):
         seen = problems
         sizes.append(len(problems))
     assert sizes == sorted(sizes) and len(seen) + status["new_since_last"] == n == status["pool_size"], (sizes, status)
+
+
+async def test_a_full_pool_waits_for_the_open_ab_test(nc, tmp_path):
+    """A retrain requested during v2's A/B test would replace that test before the traffic decided it:
+    the collector waits, says why in its status, and fires once the test is decided."""
+    js = nc.jetstream()
+    collector = await retraining_collector(js, tmp_path, threshold=2)
+    store = collector.registry
+    settings = store.settings.model_copy(update={"ab_auto_start": True})
+    config = TrainConfig(adapter_name="py", base_model="tiny").model_dump(mode="json")
+    await store.apply("py", lambda s: core.register(s, evaluated(name="py", version=2), INFO, 2, NOW, settings, config))
+    for i in range(3):
+        assert await collector.on_outcome(candidate(i)) == "added"
+    assert await collector.check("py") is None
+    status = await collector.status("py")
+    assert status["deferred_by_ab"] == 2 and status["new_since_last"] == 3 and status["triggers"] == 0
+    assert await read(js, "lorafleet.v1.train.requested") == []
+    await store.apply("py", lambda s: core.promote(s, "py", 2, NOW))
+    assert (await collector.check("py")) is not None
+    assert len(await read(js, "lorafleet.v1.train.requested")) == 1
+    assert (await collector.status("py"))["deferred_by_ab"] is None

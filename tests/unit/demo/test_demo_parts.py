@@ -139,19 +139,20 @@ def test_an_ab_start_starts_the_traffic_and_outcomes_are_tallied_once():
                           confidence=0.9375, latency_ms=40.0)
     _feed(demo, o, o, ProductionOutcome(request_id="q2", adapter_name="a", version=0, request_key="user-2",
                                         success=False, confidence=1.0, latency_ms=80.0))
+    _feed(demo, ProductionOutcome(request_id="q3", adapter_name="a", version=1, request_key="user-3", success=False,
+                                  confidence=0.0, latency_ms=60_000.0, error=True))  # serving failed: not judged
     fig = demo.outcomes.figures()
-    assert fig["judged"] == 2 and fig["successes"] == 1
+    assert fig["judged"] == 2 and fig["successes"] == 1 and fig["serving_errors"] == 1
     assert fig["by_version"] == {"v0": {"judged": 1, "successes": 0}, "v1": {"judged": 1, "successes": 1}}
     assert fig["gateway_latency_ms"] == {"p50": 40.0, "p99": 80.0}
 
 
-def test_the_collector_not_retraining_in_time_fails_the_demo(monkeypatch):
-    import lorafleet.demo.run as run
+def test_the_collector_not_retraining_in_time_fails_the_demo():
     from lorafleet.shared.events import AdapterAbStarted, AdapterRegistered
 
     demo = _demo()
     _feed(demo, _request(), AdapterRegistered(request_id="r", adapter_name="a", version=1, lora_int_id=1, status="candidate"),
           AdapterAbStarted(request_id="r", adapter_name="a", candidate_version=1, active_version=None, traffic=0.5))
     assert demo.finished("r") is None
-    monkeypatch.setattr(run, "RETRAIN_PATIENCE_S", -1.0)
+    demo.retrain_patience_s = -1.0
     assert "no retrain" in demo.finished("r") and demo.failure

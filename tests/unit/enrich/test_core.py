@@ -42,6 +42,8 @@ def test_cache_key_addresses_model_prompt_and_params():
         ("", "stop", "empty"),
         ("  \n ", "stop", "empty"),
         ("We add the numbers and then", "length", "truncated"),
+        ("print(", "stop", "too_short"),
+        ("Sum them", "stop", "too_short"),
         ("Read input:\nvalues = list(map(int, input().split()))\nprint(sum(values) + n)\n", "stop", "contains_code"),
         ("Like this:\n```python\nprint(sum(values) + n)\n```", "stop", "contains_code"),
         ("Read n, read the values, print their sum plus n. O(n).", "stop", None),

@@ -71,3 +71,14 @@ def test_retrain_event_id_is_derived_from_the_period():
     assert a.event_id == b.event_id != c.event_id
     assert a.reason == "retrain" and a.extra_sources[0].type == "production"
     assert a.occurred_at - timedelta(seconds=5) < datetime.now(UTC)
+
+
+def test_an_open_ab_test_defers_a_due_retrain_without_moving_the_schedule():
+    anchor = datetime(2026, 10, 15, tzinfo=UTC)
+    pool = retrain_decision(state(anchor), datetime(2026, 10, 20, tzinfo=UTC), 100, S, ab_candidate=2)
+    assert pool.period is None and pool.anchor is None and "v2" in pool.reason
+    tick = retrain_decision(state(anchor), datetime(2026, 11, 3, tzinfo=UTC), 50, S, ab_candidate=2)
+    assert tick.period is None and tick.anchor is None  # the missed tick fires once the test is decided
+    assert retrain_decision(state(anchor), datetime(2026, 11, 3, tzinfo=UTC), 50, S).period is not None
+    allowed = S.model_copy(update={"retrain_during_ab": True})
+    assert retrain_decision(state(anchor), datetime(2026, 10, 20, tzinfo=UTC), 100, allowed, ab_candidate=2).period == "pool:0"
