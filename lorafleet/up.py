@@ -127,20 +127,24 @@ class Supervisor:
             if now >= child.next_start:
                 self.spawn(child, url)
 
-    def stop_children(self) -> None:
-        live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+    def stop_children(self, services: set[str] | None = None, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop every child, or those of `services`; a later check() starts the latter again."""
+        live = [c for c in self.children if c.proc is not None and c.proc.poll() is None
+                and (services is None or c.service in services)]
         for child in live:
             _signal_group(child.proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         for child in live:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s: killing it", child.label, STOP_TIMEOUT_S)
+                log.warning("%s did not stop in %.0f s: killing it", child.label, timeout_s)
         for child in live:
             # The whole group: a service's own children (sandbox runs, data loaders) go too.
             _signal_group(child.proc, signal.SIGKILL)
             child.proc.wait()
+            if services is not None:
+                child.proc = None  # stopped on purpose: check() starts it again without counting a crash
 
     # ----------------------------------------------------------------- run
 

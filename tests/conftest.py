@@ -83,3 +83,21 @@ class EventRecorder:
 def record_events():
     """`events = await record_events(nc)`: start recording every event published from now on."""
     return lambda nc: EventRecorder().start(nc)
+
+
+@pytest.fixture
+def span_exporter():
+    """An in-memory span exporter behind the process's tracer provider (which can be set only once)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        trace.set_tracer_provider(provider)
+    exporter = provider._active_span_processor._span_processors[0].span_exporter
+    exporter.clear()
+    return exporter

@@ -14,6 +14,7 @@ import logging
 from lorafleet.shared.bus import dlq_subject
 from lorafleet.shared.dead_letters import make_dead_letter
 from lorafleet.shared.service import Context, Service
+from lorafleet.shared.telemetry.tracing import inject_headers
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import STREAM, AdapterEvaluated, Event, ProductionOutcome, StageFailed, TrainRequested
 
@@ -70,8 +71,9 @@ async def on_adapter_evaluated(event: AdapterEvaluated, ctx: Context) -> list[Ev
         if train_config is None:  # retrains reuse it; the chain's train.requested has it
             train_config = await find_train_config(ctx.js, event.request_id)
         lora_int_id = await store.next_lora_int_id() if event.gate_passed else None
+        trace_context = inject_headers({})  # this delivery's span: the run's trace, for a later retrain's link
         await store.apply(event.adapter_name, lambda s: core.register(
-            s, event, info, lora_int_id, now(), deps.settings, train_config))
+            s, event, info, lora_int_id, now(), deps.settings, train_config, trace_context))
     except LorafleetError as exc:  # bad input (not transient): report it, dead-letter it, change nothing
         log.error("adapter.evaluated %s v%s not registered: %s", event.adapter_name, event.version, exc)
         await dead_letter(ctx, event, str(exc))

@@ -33,6 +33,7 @@ from lorafleet.shared.bus import publish_event
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.events import ProductionOutcome, SourceSpec, TrainRequested, derive_id
 from lorafleet.shared.problems import Limits, Problem, TestCase
+from lorafleet.shared.telemetry.tracing import linked_span
 
 from .core import check_name
 from .model import OutboxItem
@@ -158,6 +159,7 @@ class Collector:
         self.artifacts = artifacts
         self.verify = verify
         self.stream = f"KV_{self.settings.pool_bucket}"
+        self._said: dict[str, str] = {}  # adapter -> the last reason logged for not retraining
 
     @classmethod
     async def open(cls, registry: RegistryStore, artifacts, verify: Verify | None, replicas: int = 1) -> "Collector":
@@ -260,6 +262,10 @@ class Collector:
                 pass
             return RetrainState.model_validate_json((await self.kv.get(key)).value)
 
+    async def _active(self, adapter_name: str):
+        state, _ = await self.registry.get(adapter_name)
+        return state.versions[state.active] if state is not None and state.active is not None else None
+
     async def retrain_config(self, adapter_name: str) -> tuple[dict[str, Any], str]:
         from lorafleet.shared.config import load_config, parse_config
 
@@ -267,8 +273,7 @@ class Collector:
         if path is not None:
             config = load_config(path)
         else:
-            state, _ = await self.registry.get(adapter_name)
-            active = state.versions[state.active] if state is not None and state.active is not None else None
+            active = await self._active(adapter_name)
             if active is None or active.train_config is None:
                 raise LorafleetError(
                     f"no training config for retraining {adapter_name}: the active version doesn't carry one; set "
@@ -287,7 +292,8 @@ class Collector:
         ab_candidate = await self._open_ab(adapter_name)
         decision = retrain_decision(state, current, new, self.settings, ab_candidate)
         if decision.period is None and decision.anchor is None:
-            if decision.reason and decision.reason != state.last_skip:
+            if decision.reason and self._said.get(adapter_name) != decision.reason:  # once, not every check
+                self._said[adapter_name] = decision.reason
                 log.info("retrain check of %s: %s", adapter_name, decision.reason)
             return None
         event = None
@@ -330,7 +336,12 @@ class Collector:
         written = await cas_update(self.kv, f"trigger.{adapter_name}", fn, self.settings.cas_retries)
         if not written or event is None:
             return None
-        return await self._flush(adapter_name)
+        active = await self._active(adapter_name)
+        # The retrain's trace starts here and links to the run that trained the active version.
+        with linked_span("collector.retrain", active.trace_context if active else None, {
+                "lorafleet.adapter": adapter_name, "lorafleet.request_id": event.request_id,
+                "lorafleet.retrain_of": active.version if active else 0, "lorafleet.reason": decision.reason}):
+            return await self._flush(adapter_name)
 
     async def _flush(self, adapter_name: str) -> TrainRequested | None:
         state = await self._get_state(adapter_name)

@@ -174,6 +174,7 @@ def register(
     now: datetime,
     settings: RegistrySettings,
     train_config: dict[str, Any] | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> Change:
     """adapter.evaluated: record the version (candidate, or rejected if the gate failed); maybe start an A/B test."""
     name = check_name(ev.adapter_name)
@@ -198,6 +199,7 @@ def register(
         domains=list(ev.domains), base_model=ev.base_model, serve_base_model=ev.serve_base_model,
         created_at=now, evaluation=Evaluation(gate_passed=ev.gate_passed, gate=ev.gate, metrics=ev.metrics, report=ev.report),
         notes=notes, request_id=ev.request_id, source_event_id=ev.event_id, train_config=train_config,
+        trace_context=trace_context or None,
     )
     new.versions[ev.version] = version
     events: list[Event] = []

@@ -105,6 +105,8 @@ class Version(_Model):
     request_id: str
     source_event_id: str
     train_config: dict[str, Any] | None = None
+    trace_context: dict[str, str] | None = Field(
+        None, description="traceparent of the run that produced this version: a retrain's trace links to it")
 
 
 class AbTest(_Model):

@@ -74,3 +74,13 @@ def inject_headers(headers: dict[str, str]) -> dict[str, str]:
 def context_from_headers(headers: Mapping[str, str] | None) -> context.Context:
     """The sender's context; a missing or malformed traceparent gives an empty one (a new trace starts)."""
     return propagate.extract(dict(headers or {}))
+
+
+def linked_span(name: str, linked_headers: Mapping[str, str] | None, attributes: dict[str, Any]):
+    """A new trace's root span with a link to the context in `linked_headers` (a stored traceparent):
+    work that one trace caused much later, such as a retrain from production outcomes, starts a
+    trace of its own and still leads back to its origin."""
+    origin = trace.get_current_span(context_from_headers(linked_headers)).get_span_context()
+    links = [trace.Link(origin)] if origin.is_valid else []
+    return tracer().start_as_current_span(name, context=context.Context(), links=links,
+                                          kind=trace.SpanKind.PRODUCER, attributes=attributes)

@@ -182,3 +182,30 @@ async def test_a_full_pool_waits_for_the_open_ab_test(nc, tmp_path):
     assert (await collector.check("py")) is not None
     assert len(await read(js, "lorafleet.v1.train.requested")) == 1
     assert (await collector.status("py"))["deferred_by_ab"] is None
+
+
+async def test_the_retrain_trace_links_to_the_run_that_trained_the_active_version(nc, tmp_path, span_exporter):
+    from opentelemetry import trace
+
+    from lorafleet.shared.telemetry.tracing import inject_headers, tracer
+
+    js = nc.jetstream()
+    settings = RegistrySettings(retrain_pool_threshold=1)
+    store = await RegistryStore.open(js, settings)
+    config = TrainConfig(adapter_name="py", base_model="tiny").model_dump(mode="json")
+    with tracer().start_as_current_span("registry adapter.evaluated") as run_span:  # the first run's trace
+        origin = inject_headers({})
+        await store.apply("py", lambda s: core.register(s, evaluated(name="py"), INFO, 1, NOW, settings, config, origin))
+    await store.apply("py", lambda s: core.promote(s, "py", 1, NOW))
+    assert (await store.get("py"))[0].versions[1].trace_context == origin
+    collector = await Collector.open(store, LocalArtifactStore(tmp_path / "art"), verify=None)
+    assert await collector.on_outcome(candidate(0)) == "added"
+    assert await collector.check("py") is not None
+    [span] = [s for s in span_exporter.get_finished_spans() if s.name == "collector.retrain"]
+    run_trace = run_span.get_span_context().trace_id
+    assert span.context.trace_id != run_trace and [link.context.trace_id for link in span.links] == [run_trace]
+    assert span.attributes["lorafleet.retrain_of"] == 1
+    sub = await js.subscribe("lorafleet.v1.train.requested", ordered_consumer=True)
+    msg = await sub.next_msg(timeout=5)
+    # The train.requested carries the retrain span's context: the retrain's services continue that trace.
+    assert msg.headers["traceparent"].split("-")[1] == trace.format_trace_id(span.context.trace_id)
