@@ -171,8 +171,18 @@ async def registry_table(self: Any, js: Any, adapter_name: str) -> list[dict[str
                       "[bold green]active[/bold green]" if state.active == v.version else "")
     self.console.print(table)
     self.console.print(f"active version: {('v' + str(state.active)) if state.active else 'none (the base model serves)'}"
-                       + (f"; A/B test running: v{state.ab.candidate}" if state.ab else ""))
+                       + (f"; {_open_test(state.ab)}" if state.ab else ""))
     return out
+
+
+def _open_test(ab: Any) -> str:
+    """An undecided A/B test as the registry holds it: its state and always-valid interval so far."""
+    r = ab.running
+    interval = f", always-valid 95% interval so far [{r.low:+.3f}, {r.high:+.3f}]" if r.low is not None else ""
+    if ab.status == "srm":
+        return (f"A/B test of v{ab.candidate} stopped on a sample-ratio mismatch (p {r.srm_p:.3g}): no automatic "
+                f"decision{interval}")
+    return f"A/B test of v{ab.candidate} still running (undecided{interval})"
 
 
 def _f(x: float | None) -> str:

@@ -156,3 +156,15 @@ def test_the_collector_not_retraining_in_time_fails_the_demo():
     assert demo.finished("r") is None
     demo.retrain_patience_s = -1.0
     assert "no retrain" in demo.finished("r") and demo.failure
+
+
+def test_an_open_ab_test_is_described_with_its_state_and_interval():
+    from lorafleet.demo.summary import _open_test
+    from lorafleet.services.registry.abtest import Running
+    from lorafleet.services.registry.model import AbTest
+
+    ab = AbTest(candidate=2, control=1, traffic=0.5, started_at=T0, salt="s")
+    assert _open_test(ab) == "A/B test of v2 still running (undecided)"
+    ab = ab.model_copy(update={"status": "srm", "running": Running(low=0.09, high=0.227, srm_p=0.00757)})
+    text = _open_test(ab)
+    assert "v2 stopped on a sample-ratio mismatch (p 0.00757)" in text and "[+0.090, +0.227]" in text
