@@ -91,11 +91,11 @@ class RegistryStore:
         return AdapterState.model_validate_json(entry.value), entry.revision
 
     async def names(self) -> list[str]:
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return sorted(k[len(KEY_PREFIX):] for k in keys if k.startswith(KEY_PREFIX))
+        # The server's own list of the bucket's subjects, not nats-py's kv.keys(): that one stops at its
+        # "initial values done" marker, which can race ahead of the entries under load and miss some.
+        prefix = f"$KV.{self.settings.bucket}.{KEY_PREFIX}"
+        info = await self.js.stream_info(f"KV_{self.settings.bucket}", subjects_filter=prefix + ">")
+        return sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))
 
     async def all(self) -> list[AdapterState]:
         states = [(await self.get(name))[0] for name in await self.names()]
