@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lorafleet.demo.production import MAX_TOKENS, TEMPERATURE
 from lorafleet.shared.errors import LorafleetError
 from lorafleet.shared.problems import Problem
 from lorafleet.shared.prompts import render_messages
@@ -62,8 +63,8 @@ class LoadGenerator:
     # 183/217) tripped that test and stopped v2's A/B test in the demo (docs/notes/issue-18.md).
     users: int = 1_000_000
     concurrency: int = 4
-    temperature: float = 0.8  # the demo passes production.TEMPERATURE
-    max_tokens: int = 64
+    temperature: float = TEMPERATURE
+    max_tokens: int = MAX_TOKENS
     seed: int = 0
     api_key: str = "lorafleet-demo"
     down_after: int = 8  # consecutive connection failures / 5xx from the gateway

@@ -393,10 +393,7 @@ class Traffic:
         if self.task is not None and not self.task.done():
             return
         self.stop_event = asyncio.Event()
-        from lorafleet.demo.production import MAX_TOKENS, TEMPERATURE
-
-        gen = LoadGenerator(self.demo.gateway, adapter_name, problems, seed=seed, temperature=TEMPERATURE,
-                            max_tokens=MAX_TOKENS)
+        gen = LoadGenerator(self.demo.gateway, adapter_name, problems, seed=seed)
         self.demo.load_stats.append(gen.stats)
         self.demo.say(f"[bold cyan]traffic[/bold cyan] through the gateway ({self.demo.gateway}): "
                       f"{gen.users} users, {gen.concurrency} in flight, every request with its tests")

@@ -115,7 +115,7 @@ class OutcomeTally:
         if outcome.event_id in self.seen:  # a redelivered outcome counts once, as in the registry
             return
         self.seen.add(outcome.event_id)
-        if getattr(outcome, "error", False):
+        if outcome.error:
             self.serving_errors += 1
             return
         self.judged += 1

@@ -36,7 +36,7 @@ from lorafleet.shared.problems import Limits, Problem, TestCase
 from lorafleet.shared.telemetry.tracing import linked_span
 
 from .core import check_name
-from .model import OutboxItem
+from .model import AdapterState, OutboxItem, Version
 from .settings import RegistrySettings
 from .store import RegistryStore, cas_update, now, open_bucket
 
@@ -138,6 +138,15 @@ def retrain_decision(state: RetrainState, current: datetime, new_entries: int, s
         return RetrainDecision(period=f"pool:{state.last_pool_seq}", kind="pool_size",
                                reason=f"{new_entries} new pool entries >= threshold {settings.retrain_pool_threshold}")
     return RetrainDecision(period=None)
+
+
+def open_ab(adapter: AdapterState | None) -> int | None:
+    """The candidate version of the adapter's open A/B test, if one is open."""
+    return adapter.ab.candidate if adapter is not None and adapter.ab is not None else None
+
+
+def active_version(adapter: AdapterState | None) -> Version | None:
+    return adapter.versions[adapter.active] if adapter is not None and adapter.active is not None else None
 
 
 def retrain_event(adapter_name: str, period: str, config: dict[str, Any], config_sha256: str, pool_uri: str) -> TrainRequested:
@@ -245,11 +254,6 @@ class Collector:
             await watcher.stop()
         return PoolSnapshot(lines=lines, new=new, newest_seq=max(newest, after_seq))
 
-    async def _open_ab(self, adapter_name: str) -> int | None:
-        """The candidate version of the adapter's open A/B test, if one is open."""
-        adapter, _ = await self.registry.get(adapter_name)
-        return adapter.ab.candidate if adapter is not None and adapter.ab is not None else None
-
     async def _get_state(self, name: str) -> RetrainState:
         key = f"trigger.{name}"
         try:
@@ -262,10 +266,6 @@ class Collector:
                 pass
             return RetrainState.model_validate_json((await self.kv.get(key)).value)
 
-    async def _active(self, adapter_name: str):
-        state, _ = await self.registry.get(adapter_name)
-        return state.versions[state.active] if state is not None and state.active is not None else None
-
     async def retrain_config(self, adapter_name: str) -> tuple[dict[str, Any], str]:
         from lorafleet.shared.config import load_config, parse_config
 
@@ -273,7 +273,7 @@ class Collector:
         if path is not None:
             config = load_config(path)
         else:
-            active = await self._active(adapter_name)
+            active = active_version((await self.registry.get(adapter_name))[0])
             if active is None or active.train_config is None:
                 raise LorafleetError(
                     f"no training config for retraining {adapter_name}: the active version doesn't carry one; set "
@@ -289,7 +289,8 @@ class Collector:
         if state.outbox:
             return await self._flush(adapter_name)
         new = await self.pool_size(adapter_name, state.last_pool_seq)
-        ab_candidate = await self._open_ab(adapter_name)
+        adapter, _ = await self.registry.get(adapter_name)
+        ab_candidate = open_ab(adapter)
         decision = retrain_decision(state, current, new, self.settings, ab_candidate)
         if decision.period is None and decision.anchor is None:
             if decision.reason and self._said.get(adapter_name) != decision.reason:  # once, not every check
@@ -336,7 +337,7 @@ class Collector:
         written = await cas_update(self.kv, f"trigger.{adapter_name}", fn, self.settings.cas_retries)
         if not written or event is None:
             return None
-        active = await self._active(adapter_name)
+        active = active_version(adapter)
         # The retrain's trace starts here and links to the run that trained the active version.
         with linked_span("collector.retrain", active.trace_context if active else None, {
                 "lorafleet.adapter": adapter_name, "lorafleet.request_id": event.request_id,
@@ -397,7 +398,7 @@ class Collector:
             "last_trigger_kind": state.last_trigger_kind,
             "last_request_id": state.last_request_id,
             "last_skip": state.last_skip,
-            "deferred_by_ab": await self._open_ab(adapter_name) if not self.settings.retrain_during_ab else None,
+            "deferred_by_ab": None if self.settings.retrain_during_ab else open_ab((await self.registry.get(adapter_name))[0]),
             "triggers": state.triggers,
         }
 
