@@ -336,10 +336,13 @@ def unprivileged(tmp_path_factory):
     changed: dict[Path, int] = {}
     for path in needed:
         path = path.resolve()
-        for d in [*reversed(path.parents), path]:
-            if d.is_dir() and d not in changed and not d.stat().st_mode & 0o001:
-                changed[d] = d.stat().st_mode
-                d.chmod(changed[d] | 0o001)
+        # Traverse rights on the parents; on the directory itself read rights too, since Python lists
+        # an import path's directory to find modules in it (a clone straight into a 0700 mktemp dir).
+        for d, bits in [*((p, 0o001) for p in reversed(path.parents)), (path, 0o005)]:
+            mode = d.stat().st_mode if d.is_dir() else None
+            if mode is not None and mode & bits != bits:
+                changed.setdefault(d, mode)
+                d.chmod(mode | bits)
     parent = "/home" if os.path.isdir("/home") else None
     home = Path(tempfile.mkdtemp(prefix="lorafleet-sandbox-home-", dir=parent))
     scratch = Path(tempfile.mkdtemp(prefix="lorafleet-sandbox-unpriv-"))
